@@ -1,0 +1,1 @@
+"""Benchmarks that print their figures and save them under bench/results/."""

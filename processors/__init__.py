@@ -1,0 +1,1 @@
+"""The pure domain core (no Kafka inside) and the Faust agents around it."""

@@ -1,0 +1,79 @@
+"""Engine configuration: assets, chains, withdrawal tiers. Pure data, passed into the core."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from processors.money import Asset
+
+SUB_ACCOUNTS = frozenset({"spot", "margin", "futures", "staking"})
+_ISOLATED = re.compile(r"isolated:([A-Z0-9]{2,12})-([A-Z0-9]{2,12})")
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    name: str
+    address_pattern: str  # full-match regex of a valid address
+    confirmations: int  # depth at which a deposit is credited
+    assets: frozenset[str]
+
+    def valid_address(self, address: str) -> bool:
+        return re.fullmatch(self.address_pattern, address) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRules:
+    min_deposit: int  # minor units; smaller deposits are recorded, not credited
+    min_withdrawal: int
+    withdrawal_fee: int  # the least fee a withdrawal must carry
+    auto_approve_below: int  # withdrawals below this need no approver
+    two_approvers_from: int  # from this amount on, two distinct approvers
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    assets: dict[str, Asset]
+    rules: dict[str, AssetRules]
+    chains: dict[str, Chain]
+    applied_window: int = 256  # recent input ids per user kept for idempotence (see state.py)
+
+    def valid_account(self, account: str, asset: str) -> bool:
+        """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> holding one of its two assets."""
+        if account in SUB_ACCOUNTS:
+            return True
+        m = _ISOLATED.fullmatch(account)
+        return m is not None and asset in (m.group(1), m.group(2))
+
+
+_EVM = r"0x[0-9a-fA-F]{40}"
+
+
+def default_config() -> EngineConfig:
+    """What the demo, tests and benchmarks run with; production reads the same shape from config."""
+    assets = {a.symbol: a for a in (Asset("BTC", 8), Asset("ETH", 18), Asset("USDT", 6), Asset("USDC", 6))}
+
+    def rules(symbol: str, min_dep: str, min_wd: str, fee: str, auto: str, two: str) -> AssetRules:
+        from processors.money import parse_amount
+
+        s = assets[symbol].scale
+        return AssetRules(
+            parse_amount(min_dep, s), parse_amount(min_wd, s), parse_amount(fee, s, allow_zero=True),
+            parse_amount(auto, s), parse_amount(two, s),
+        )
+
+    return EngineConfig(
+        assets=assets,
+        rules={
+            "BTC": rules("BTC", "0.0001", "0.001", "0.0002", "1", "10"),
+            "ETH": rules("ETH", "0.001", "0.01", "0.001", "20", "200"),
+            "USDT": rules("USDT", "1", "10", "1", "10000", "100000"),
+            "USDC": rules("USDC", "1", "10", "1", "10000", "100000"),
+        },
+        chains={
+            "ethereum": Chain("ethereum", _EVM, 12, frozenset({"ETH", "USDT", "USDC"})),
+            "anvil": Chain("anvil", _EVM, 2, frozenset({"ETH", "USDT", "USDC"})),
+            "bitcoin": Chain("bitcoin", r"(bc1[02-9ac-hj-np-z]{11,71}|[13][1-9A-HJ-NP-Za-km-z]{25,34})", 3,
+                             frozenset({"BTC"})),
+        },
+    )

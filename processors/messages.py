@@ -1,0 +1,155 @@
+"""The core's inputs and outputs: plain typed values, no I/O. The shell maps them to and from Avro."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+Status = Literal["ACCEPTED", "REJECTED"]
+Bucket = Literal["available", "frozen", "borrowed", "balance"]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One input for one user. `kind` is the Avro body type's short name; `body` its fields."""
+
+    id: str
+    ts_ms: int
+    user_id: str
+    kind: str
+    body: Mapping[str, Any]
+
+
+# The bodies, as the Avro schemas define them (schemas/posflow.<Kind>.avsc). Amounts are decimal text.
+class OpenAccount(TypedDict):
+    kyc_tier: int
+    region: str
+
+
+class DepositSeen(TypedDict):
+    chain: str
+    tx_hash: str
+    log_index: int
+    address: str
+    asset: str
+    amount: str
+    block_number: int
+
+
+class DepositConfirmed(DepositSeen):
+    account: str
+
+
+class DepositReverted(TypedDict):
+    deposit_id: str
+    reason: str
+
+
+class OrderHold(TypedDict):
+    order_id: str
+    account: str
+    asset: str
+    amount: str
+
+
+class OrderRelease(TypedDict):
+    order_id: str
+    amount: str | None
+
+
+class FillSettle(TypedDict):
+    fill_id: str
+    order_id: str
+    account: str
+    pay_asset: str
+    pay_amount: str
+    receive_asset: str
+    receive_amount: str
+    fee_amount: str
+
+
+class Transfer(TypedDict):
+    asset: str
+    amount: str
+    from_account: str
+    to_account: str
+
+
+class WithdrawalRequest(TypedDict):
+    withdrawal_id: str
+    account: str
+    chain: str
+    asset: str
+    amount: str
+    fee: str
+    address: str
+
+
+class WithdrawalApprove(TypedDict):
+    withdrawal_id: str
+    approver: str
+
+
+class WithdrawalRef(TypedDict):
+    """WithdrawalCancel / WithdrawalBroadcast / WithdrawalConfirmed / WithdrawalFailed share this."""
+
+    withdrawal_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    ts_ms: int
+    user_id: str
+    kind: str
+    status: Status
+    reason: str | None
+    detail: str
+    ledger_lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """One line; an entry's lines sum to zero per asset. `amount` is signed, in minor units.
+
+    Sign convention: + adds to what the account holds. A user's `borrowed` bucket is a liability, so
+    borrowing 10 is a line of -10 there and its ledger balance is -borrowed.
+    """
+
+    id: str
+    ts_ms: int
+    entry_id: str
+    entry_type: str
+    line_no: int
+    user_id: str  # owner; "" for system accounts
+    account: str  # sub-account, or sys:<name>
+    bucket: Bucket
+    asset: str
+    amount: int
+    balance_before: int | None  # None for system accounts: they span partitions
+    balance_after: int | None
+    seq: int  # per-user ledger sequence number
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalToSign:
+    """An approved withdrawal, for the signer."""
+
+    id: str  # the withdrawal id
+    ts_ms: int
+    user_id: str
+    chain: str
+    asset: str
+    amount: int
+    address: str
+
+
+Event = WithdrawalToSign
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: Result
+    lines: tuple[LedgerLine, ...] = ()
+    events: tuple[Event, ...] = ()

@@ -1,0 +1,41 @@
+"""Reason codes on rejected (or flagged) results: stable strings a client can branch on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # amounts
+    BAD_AMOUNT = "BAD_AMOUNT"  # not a plain decimal number
+    BAD_AMOUNT_SCALE = "BAD_AMOUNT_SCALE"  # finer than the asset's smallest unit
+    NON_POSITIVE_AMOUNT = "NON_POSITIVE_AMOUNT"
+    AMOUNT_TOO_LARGE = "AMOUNT_TOO_LARGE"  # over 38 digits in minor units
+    BAD_FEE = "BAD_FEE"  # fee larger than what it is charged on, or below the asset's fee
+    # who and where
+    UNKNOWN_USER = "UNKNOWN_USER"  # no OpenAccount seen for this user
+    USER_EXISTS = "USER_EXISTS"
+    UNKNOWN_ASSET = "UNKNOWN_ASSET"
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"  # not spot / margin / futures / staking / isolated:<PAIR>
+    SAME_ACCOUNT = "SAME_ACCOUNT"
+    ACCOUNT_FROZEN = "ACCOUNT_FROZEN"  # frozen by risk: only chain events still apply
+    MALFORMED_COMMAND = "MALFORMED_COMMAND"  # fields the schema allows but the business does not
+    # balances and holds
+    INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+    UNKNOWN_HOLD = "UNKNOWN_HOLD"
+    DUPLICATE_ORDER_ID = "DUPLICATE_ORDER_ID"
+    HOLD_EXCEEDED = "HOLD_EXCEEDED"  # a fill or release larger than what is left of the hold
+    ASSET_MISMATCH = "ASSET_MISMATCH"  # a fill paying another asset or account than its order holds
+    # chain
+    UNKNOWN_CHAIN = "UNKNOWN_CHAIN"
+    BAD_ADDRESS = "BAD_ADDRESS"
+    BAD_DEPOSIT_ID = "BAD_DEPOSIT_ID"  # the input id must be chain:tx_hash:log_index
+    UNKNOWN_DEPOSIT = "UNKNOWN_DEPOSIT"
+    BELOW_MINIMUM = "BELOW_MINIMUM"  # on a deposit: recorded, not credited; on a withdrawal: refused
+    # withdrawals
+    UNKNOWN_WITHDRAWAL = "UNKNOWN_WITHDRAWAL"
+    DUPLICATE_WITHDRAWAL_ID = "DUPLICATE_WITHDRAWAL_ID"
+    BAD_WITHDRAWAL_STATE = "BAD_WITHDRAWAL_STATE"  # e.g. approving one already broadcast
+    ALREADY_APPROVED = "ALREADY_APPROVED"  # the same approver twice
+    # flags on accepted inputs
+    REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen

@@ -1,0 +1,149 @@
+"""One user's state: balances per (sub-account, asset), open holds, withdrawals, deposits, and the
+recent input ids that make every input apply once.
+
+Serialized as versioned JSON (not pickle) so a changelog written by one release is read by the next.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from processors.messages import Result
+
+AVAILABLE, FROZEN, BORROWED = 0, 1, 2  # positions in a balance triple
+STATE_VERSION = 1
+
+AccountStatus = Literal["normal", "frozen"]
+WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
+DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
+OPEN_WITHDRAWAL: frozenset[str] = frozenset({"pending_approval", "approved", "broadcast"})
+
+
+@dataclass(slots=True)
+class Hold:
+    account: str
+    asset: str
+    remaining: int
+
+    def __post_init__(self) -> None:
+        assert self.remaining > 0, "an empty hold is closed, not kept"
+
+
+@dataclass(slots=True)
+class Withdrawal:
+    account: str
+    chain: str
+    asset: str
+    amount: int
+    fee: int
+    address: str
+    status: WithdrawalStatus
+    required_approvals: int
+    approvals: list[str] = field(default_factory=list)
+    tx_hash: str = ""
+
+    @property
+    def frozen(self) -> int:
+        """What this withdrawal keeps frozen while open."""
+        return self.amount + self.fee
+
+
+@dataclass(slots=True)
+class Deposit:
+    asset: str
+    amount: int
+    account: str
+    status: DepositStatus
+
+
+@dataclass(slots=True)
+class UserState:
+    user_id: str
+    # False until OpenAccount: the state then only remembers the inputs it refused, so that a
+    # redelivered input gets its first answer again even after the account was opened.
+    opened: bool = True
+    kyc_tier: int = 0
+    region: str = ""
+    status: AccountStatus = "normal"
+    # (sub-account, asset) -> [available, frozen, borrowed]; a list so the core updates it in place
+    balances: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+    deposits: dict[str, Deposit] = field(default_factory=dict)
+    # input id -> its result, the most recent `EngineConfig.applied_window` inputs, oldest first
+    applied: dict[str, Result] = field(default_factory=dict)
+    seq: int = 0  # ledger lines written for this user so far
+
+    def balance(self, account: str, asset: str) -> list[int]:
+        """The live triple (created on first use)."""
+        triple = self.balances.get((account, asset))
+        if triple is None:
+            triple = self.balances[(account, asset)] = [0, 0, 0]
+        return triple
+
+    def available(self, account: str, asset: str) -> int:
+        triple = self.balances.get((account, asset))
+        return triple[AVAILABLE] if triple else 0
+
+    def remember(self, result: Result, window: int) -> None:
+        self.applied[result.id] = result
+        while len(self.applied) > window:
+            del self.applied[next(iter(self.applied))]
+
+    def check(self) -> None:
+        """Invariants that hold between any two inputs (DESIGN §2.3); cheap enough for tests."""
+        for key, (available, frozen, borrowed) in self.balances.items():
+            assert available >= 0 and frozen >= 0 and borrowed >= 0, f"{self.user_id} {key} negative"
+        held: dict[tuple[str, str], int] = {}
+        for hold in self.holds.values():
+            held[(hold.account, hold.asset)] = held.get((hold.account, hold.asset), 0) + hold.remaining
+        for w in self.withdrawals.values():
+            if w.status in OPEN_WITHDRAWAL:
+                held[(w.account, w.asset)] = held.get((w.account, w.asset), 0) + w.frozen
+        for key, triple in self.balances.items():
+            assert triple[FROZEN] == held.get(key, 0), f"{self.user_id} {key}: frozen != open holds"
+
+    # -- serialization -------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "v": STATE_VERSION,
+            "user": self.user_id,
+            "opened": self.opened,
+            "kyc": self.kyc_tier,
+            "region": self.region,
+            "status": self.status,
+            "seq": self.seq,
+            "balances": [[a, s, *t] for (a, s), t in self.balances.items()],
+            "holds": {k: [h.account, h.asset, h.remaining] for k, h in self.holds.items()},
+            "withdrawals": {
+                k: [w.account, w.chain, w.asset, w.amount, w.fee, w.address, w.status,
+                    w.required_approvals, w.approvals, w.tx_hash]
+                for k, w in self.withdrawals.items()
+            },
+            "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
+            "applied": [
+                [r.id, r.ts_ms, r.kind, r.status, r.reason, r.detail, r.ledger_lines] for r in self.applied.values()
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserState:
+        doc = json.loads(data)
+        assert doc["v"] == STATE_VERSION, f"state version {doc['v']} is newer than this release reads"
+        user = doc["user"]
+        return cls(
+            user_id=user,
+            opened=doc["opened"],
+            kyc_tier=doc["kyc"],
+            region=doc["region"],
+            status=doc["status"],
+            seq=doc["seq"],
+            balances={(a, s): [av, fr, bo] for a, s, av, fr, bo in doc["balances"]},
+            holds={k: Hold(*v) for k, v in doc["holds"].items()},
+            withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
+            deposits={k: Deposit(*v) for k, v in doc["deposits"].items()},
+            applied={r[0]: Result(r[0], r[1], user, r[2], r[3], r[4], r[5], r[6]) for r in doc["applied"]},
+        )

@@ -1,0 +1,112 @@
+"""Withdrawals: request (checks, freeze), approval by tier, broadcast, and the chain's verdict."""
+
+from __future__ import annotations
+
+from processors import checks
+from processors.applied import Applied
+from processors.config import EngineConfig
+from processors.ledger import Entry
+from processors.messages import Command, WithdrawalApprove, WithdrawalRef, WithdrawalRequest, WithdrawalToSign
+from processors.money import Rejected
+from processors.reasons import Reason
+from processors.state import UserState, Withdrawal, WithdrawalStatus
+
+
+def request(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    body: WithdrawalRequest = cmd.body  # type: ignore[assignment]
+    wid = checks.present("withdrawal_id", body["withdrawal_id"])
+    if wid in state.withdrawals:
+        raise Rejected(Reason.DUPLICATE_WITHDRAWAL_ID, f"withdrawal {wid} exists ({state.withdrawals[wid].status})")
+    chain = cfg.chains.get(body["chain"])
+    if chain is None:
+        raise Rejected(Reason.UNKNOWN_CHAIN, f"{body['chain']!r} is not a supported chain")
+    asset = checks.asset(cfg, body["asset"]).symbol
+    if asset not in chain.assets:
+        raise Rejected(Reason.UNKNOWN_ASSET, f"{asset} cannot be withdrawn on {chain.name}")
+    if not chain.valid_address(body["address"]):
+        raise Rejected(Reason.BAD_ADDRESS, f"{body['address']!r} is not a {chain.name} address")
+    account = checks.account(cfg, body["account"], asset)
+    amount = checks.amount(cfg, asset, body["amount"])
+    fee = checks.amount(cfg, asset, body["fee"], allow_zero=True)
+    rules = cfg.rules[asset]
+    if amount < rules.min_withdrawal:
+        raise Rejected(Reason.BELOW_MINIMUM, f"minimum withdrawal is {rules.min_withdrawal} minor units")
+    if fee < rules.withdrawal_fee:
+        raise Rejected(Reason.BAD_FEE, f"the fee must be at least {rules.withdrawal_fee} minor units")
+    checks.funds(state, account, asset, amount + fee)
+    required = 0 if amount < rules.auto_approve_below else 1 if amount < rules.two_approvers_from else 2
+    w = Withdrawal(account, chain.name, asset, amount, fee, body["address"],
+                   "approved" if required == 0 else "pending_approval", required)
+    entry = Entry(state, cmd.id, "WITHDRAWAL_FREEZE", cmd.ts_ms)
+    entry.user(account, asset, "available", -w.frozen)
+    entry.user(account, asset, "frozen", w.frozen)
+    state.withdrawals[wid] = w
+    events = (_to_sign(state, wid, w, cmd.ts_ms),) if required == 0 else ()
+    return Applied(entry.close(), events, detail=f"needs {required} approval(s)")
+
+
+def approve(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    body: WithdrawalApprove = cmd.body  # type: ignore[assignment]
+    w = _in(state, body["withdrawal_id"], ("pending_approval",))
+    approver = checks.present("approver", body["approver"])
+    if approver in w.approvals:
+        raise Rejected(Reason.ALREADY_APPROVED, f"{approver} already approved; another approver is needed")
+    w.approvals.append(approver)
+    if len(w.approvals) < w.required_approvals:
+        return Applied(detail=f"{len(w.approvals)} of {w.required_approvals} approvals")
+    w.status = "approved"
+    return Applied(events=(_to_sign(state, body["withdrawal_id"], w, cmd.ts_ms),))
+
+
+def cancel(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    w = _in(state, body["withdrawal_id"], ("pending_approval", "approved"))
+    return _unfreeze(state, cmd, w, "cancelled")
+
+
+def broadcast(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    w = _in(state, body["withdrawal_id"], ("approved",))
+    w.status = "broadcast"
+    w.tx_hash = str(cmd.body.get("tx_hash", ""))
+    return Applied()
+
+
+def confirmed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    """The coins left: consume the frozen amount + fee; custody pays out, revenue keeps the fee."""
+    body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
+    entry = Entry(state, cmd.id, "WITHDRAWAL", cmd.ts_ms)
+    entry.user(w.account, w.asset, "frozen", -w.frozen)
+    entry.system(f"custody:{w.chain}", w.asset, w.amount)
+    if w.fee:
+        entry.system("fee_revenue", w.asset, w.fee)
+    w.status = "completed"
+    return Applied(entry.close())
+
+
+def failed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
+    return _unfreeze(state, cmd, w, "failed")
+
+
+def _in(state: UserState, wid: str, allowed: tuple[WithdrawalStatus, ...]) -> Withdrawal:
+    w = state.withdrawals.get(wid)
+    if w is None:
+        raise Rejected(Reason.UNKNOWN_WITHDRAWAL, f"no withdrawal {wid} for this user")
+    if w.status not in allowed:
+        raise Rejected(Reason.BAD_WITHDRAWAL_STATE, f"withdrawal {wid} is {w.status}; needs {' or '.join(allowed)}")
+    return w
+
+
+def _unfreeze(state: UserState, cmd: Command, w: Withdrawal, status: WithdrawalStatus) -> Applied:
+    entry = Entry(state, cmd.id, "WITHDRAWAL_RETURN", cmd.ts_ms)
+    entry.user(w.account, w.asset, "frozen", -w.frozen)
+    entry.user(w.account, w.asset, "available", w.frozen)
+    w.status = status
+    return Applied(entry.close())
+
+
+def _to_sign(state: UserState, wid: str, w: Withdrawal, ts_ms: int) -> WithdrawalToSign:
+    return WithdrawalToSign(wid, ts_ms, state.user_id, w.chain, w.asset, w.amount, w.address)

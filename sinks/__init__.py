@@ -1,0 +1,1 @@
+"""ClickHouse sink, DDL, finance views and reconciliation."""

@@ -1,0 +1,46 @@
+"""The Faust app factory: one place that turns Settings into a configured faust.App."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from streams.config import Settings
+from streams.topics import TopicSpec
+
+
+def create_app(settings: Settings, **overrides: Any) -> faust.App:
+    settings.data_dir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    options: dict[str, Any] = {
+        "broker": f"kafka://{settings.kafka_bootstrap}",
+        "store": "rocksdb://",
+        "datadir": str(settings.data_dir),
+        "web_enabled": True,
+        "web_host": "127.0.0.1",
+        "web_bind": "127.0.0.1",
+        "web_port": settings.web_port,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication,
+        # Nothing is skipped on a new consumer group: a fresh deployment processes the whole topic.
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "producer_partitioner": None,  # aiokafka's default is murmur2, as the Java client and our helpers use
+        "stream_recovery_delay": 0.0,
+        "table_standby_replicas": 1,
+    }
+    options.update(overrides)
+    return faust.App(settings.app_id, **options)
+
+
+def raw_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> Any:
+    """A Faust topic carrying bytes: posflow decodes Avro itself so undecodable records reach the
+    dead-letter topic instead of dying inside Faust's deserializer."""
+    return app.topic(
+        spec.name(settings),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )

@@ -1,0 +1,43 @@
+"""Runtime settings, read once from the environment.
+
+Every knob has a default that works with the local stack (`make up`), so a new user sets nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where posflow finds its parts. Ports match deploy/local/lib.sh."""
+
+    kafka_bootstrap: str = field(
+        default_factory=lambda: _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('KAFKA_PORT', '19092')}")
+    )
+    anvil_url: str = field(default_factory=lambda: _env("ANVIL_URL", f"http://127.0.0.1:{_env('ANVIL_PORT', '18545')}"))
+    topic_prefix: str = field(default_factory=lambda: _env("POSFLOW_TOPIC_PREFIX", "posflow."))
+    partitions: int = field(default_factory=lambda: int(_env("POSFLOW_PARTITIONS", "4")))
+    replication: int = field(default_factory=lambda: int(_env("POSFLOW_REPLICATION", "1")))
+    app_id: str = field(default_factory=lambda: _env("POSFLOW_APP_ID", "posflow-engine"))
+    home: Path = field(default_factory=lambda: Path(_env("POSFLOW_HOME", str(REPO_ROOT / ".local"))))
+    web_port: int = field(default_factory=lambda: int(_env("POSFLOW_WEB_PORT", "6066")))
+    clickhouse_url: str = field(default_factory=lambda: _env("CLICKHOUSE_URL", ""))
+
+    def __post_init__(self) -> None:
+        assert self.partitions >= 1, "POSFLOW_PARTITIONS must be a positive integer"
+        assert self.replication >= 1, "POSFLOW_REPLICATION must be a positive integer"
+
+    @property
+    def data_dir(self) -> Path:
+        """Faust's RocksDB tables; one folder per worker so that two workers on one host never share."""
+        return self.home / "faust" / f"{self.app_id}-{self.web_port}"

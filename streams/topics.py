@@ -1,0 +1,105 @@
+"""The one declaration of every posflow topic.
+
+Used by the Faust app, by topic creation in the local stack (`python -m streams.topics create`) and by
+the Kubernetes manifests (`python -m streams.topics manifest`). Every user-keyed topic has the same
+partition count so that all of a user's inputs and state live on one partition (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from enum import Enum
+
+from streams.config import Settings
+
+
+class Key(Enum):
+    USER = "user_id"  # murmur2(user id) picks the partition
+    SYMBOL = "symbol"
+    CONFIG = "config key"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    short: str
+    key: Key
+    compacted: bool
+    retention_ms: int  # -1 keeps forever
+    doc: str
+
+    def name(self, settings: Settings) -> str:
+        return f"{settings.topic_prefix}{self.short}"
+
+    def config(self) -> dict[str, str]:
+        conf = {"retention.ms": str(self.retention_ms)}
+        conf["cleanup.policy"] = "compact" if self.compacted else "delete"
+        return conf
+
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+COMMANDS = TopicSpec("commands", Key.USER, False, WEEK_MS, "user commands, single or batched per partition")
+CHAIN_EVENTS = TopicSpec("chain-events", Key.USER, False, WEEK_MS, "deposits and withdrawals seen on chain")
+PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices, latest per symbol")
+RESULTS = TopicSpec("results", Key.USER, False, WEEK_MS, "one result per command: accepted or rejected")
+LEDGER = TopicSpec("ledger", Key.USER, False, -1, "double-entry ledger lines, kept forever for audit")
+MARGIN_EVENTS = TopicSpec("margin-events", Key.USER, False, WEEK_MS, "margin levels, calls, liquidations")
+TO_SIGN = TopicSpec("withdrawals-to-sign", Key.USER, False, WEEK_MS, "approved withdrawals for the signer")
+DEAD_LETTER = TopicSpec("dead-letter", Key.NONE, False, -1, "undecodable records with original bytes")
+LIMITS = TopicSpec("limits-config", Key.CONFIG, True, -1, "limit configuration, latest per key")
+
+ALL: tuple[TopicSpec, ...] = (
+    COMMANDS, CHAIN_EVENTS, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
+)
+
+
+def create_all(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, str]]:
+    """Create every topic that is missing; returns (name, what happened) rows. Idempotent."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(t.name(settings), settings.partitions, settings.replication, config=t.config())
+        for t in ALL
+        if t.name(settings) not in existing
+    ]
+    rows = [(t.name(settings), "exists") for t in ALL if t.name(settings) in existing]
+    if wanted:
+        for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+            try:
+                future.result()
+                rows.append((name, "created"))
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+                rows.append((name, "exists"))
+    return sorted(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streams.table import print_table
+
+    parser = argparse.ArgumentParser(prog="python -m streams.topics", description=__doc__)
+    parser.add_argument("action", choices=["create", "list"])
+    parser.add_argument("--bootstrap", help="Kafka bootstrap address (default: $KAFKA_BOOTSTRAP)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.bootstrap:
+        settings = Settings(kafka_bootstrap=args.bootstrap)
+    if args.action == "list":
+        print_table(
+            ["topic", "key", "compacted", "retention_ms", "what"],
+            [(t.name(settings), t.key.value, t.compacted, t.retention_ms, t.doc) for t in ALL],
+        )
+        return 0
+    print_table(["topic", "status"], create_all(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

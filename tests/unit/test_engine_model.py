@@ -1,0 +1,367 @@
+"""Stateful property test: random input sequences (valid, invalid, duplicated) against a reference
+model written independently of the core. After every step: no balance negative, every asset's ledger
+lines sum to zero across all accounts, ledger-derived balances equal the engine's, state equals model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from processors.config import AssetRules, EngineConfig, default_config
+from processors.engine import apply
+from processors.messages import Command, LedgerLine, Result
+from processors.money import format_amount
+from processors.state import UserState
+
+BASE = default_config()
+SCALE = {"USDT": 6, "BTC": 8}
+UNIT = {a: 10**s for a, s in SCALE.items()}
+# Low approval thresholds so that random withdrawals hit all three tiers.
+CFG = EngineConfig(
+    assets=BASE.assets,
+    rules={
+        # min deposit, min withdrawal, withdrawal fee, auto-approve below, two approvers from
+        "USDT": AssetRules(2 * UNIT["USDT"], 10 * UNIT["USDT"], UNIT["USDT"], 20 * UNIT["USDT"], 40 * UNIT["USDT"]),
+        "BTC": AssetRules(2 * UNIT["BTC"], UNIT["BTC"] // 100, UNIT["BTC"] // 10**4, UNIT["BTC"] // 5, 40_000_000),
+    },
+    chains=BASE.chains,
+)
+USERS = ("alice", "bob", "carol")
+ACCOUNTS = ("spot", "margin")
+ADDRESS = "0x" + "ab" * 20
+CHAIN_FOR = {"USDT": "ethereum", "BTC": "bitcoin"}
+ADDRESS_FOR = {"USDT": ADDRESS, "BTC": "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"}
+
+
+@dataclass
+class ModelUser:
+    bal: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    holds: dict[str, list[object]] = field(default_factory=dict)  # oid -> [account, asset, remaining]
+    wds: dict[str, dict[str, object]] = field(default_factory=dict)
+    deps: dict[str, list[object]] = field(default_factory=dict)  # id -> [account, asset, amount, status]
+    frozen: bool = False
+
+
+def amount_text(asset: str, minor: int) -> str:
+    return format_amount(minor, SCALE[asset])
+
+
+users = st.sampled_from(USERS)
+assets = st.sampled_from(sorted(SCALE))
+accounts = st.sampled_from(ACCOUNTS)
+units = st.integers(min_value=1, max_value=250)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: dict[str, UserState | None] = dict.fromkeys(USERS)
+        self.model: dict[str, ModelUser | None] = dict.fromkeys(USERS)
+        self.lines: dict[str, LedgerLine] = {}
+        self.results: dict[str, Result] = {}
+        self.sent: list[Command] = []
+        self.n = 0
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def send(self, user: str, kind: str, body: Mapping[str, object], cmd_id: str | None = None) -> Result:
+        self.n += 1
+        cmd = Command(cmd_id or f"c{self.n}", self.n, user, kind, body)
+        state, outcome = apply(self.states[user], cmd, CFG)
+        self.states[user] = state
+        assert cmd.id not in self.results, "test ids are unique"
+        self.results[cmd.id] = outcome.result
+        assert outcome.result.ledger_lines == len(outcome.lines)
+        for line in outcome.lines:
+            assert line.id not in self.lines, f"ledger id {line.id} reused"
+            self.lines[line.id] = line
+        self.sent.append(cmd)
+        return outcome.result
+
+    def expect(self, result: Result, accepted: bool, reason: str | None = None) -> bool:
+        assert (result.status == "ACCEPTED") == accepted, (result, accepted)
+        if reason is not None:
+            assert result.reason == reason, result
+        return accepted
+
+    def user(self, name: str) -> ModelUser | None:
+        return self.model[name]
+
+    # -- rules ------------------------------------------------------------------------------------
+    @initialize()
+    def open_two(self) -> None:
+        """alice and bob start open; carol stays unknown until a rule opens her."""
+        for user in ("alice", "bob"):
+            self.open_account(user)
+
+    @precondition(lambda self: any(m is None for m in self.model.values()))
+    @rule(user=users)
+    def open_account(self, user: str) -> None:
+        r = self.send(user, "OpenAccount", {"kyc_tier": 1, "region": "EU"})
+        if self.expect(r, self.model[user] is None, None if self.model[user] is None else "USER_EXISTS"):
+            self.model[user] = ModelUser()
+
+    @rule(user=users, asset=assets, account=accounts, minor=st.integers(1, 300), tx=st.integers(0, 30))
+    def deposit(self, user: str, asset: str, account: str, minor: int, tx: int) -> None:
+        amount = minor * UNIT[asset] // 2  # minor < 4: below the minimum deposit
+        chain = CHAIN_FOR[asset]
+        dep_id = f"{chain}:0x{tx:064x}:{SCALE[asset]}"
+        body = {"chain": chain, "tx_hash": f"0x{tx:064x}", "log_index": SCALE[asset], "address": ADDRESS_FOR[asset],
+                "asset": asset, "amount": amount_text(asset, amount), "block_number": tx, "account": account}
+        if any(c.id == dep_id for c in self.sent):
+            return  # the same chain event again is the `replay` rule's job
+        r = self.send(user, "DepositConfirmed", body, cmd_id=dep_id)
+        m = self.user(user)
+        if not self.expect(r, m is not None, None if m else "UNKNOWN_USER"):
+            return
+        assert m is not None
+        if amount < CFG.rules[asset].min_deposit:
+            assert r.reason == "BELOW_MINIMUM"
+            m.deps[dep_id] = [account, asset, amount, "below_minimum"]
+        else:
+            m.bal[(account, asset, "available")] += amount
+            m.deps[dep_id] = [account, asset, amount, "credited"]
+
+    @rule(user=users, pick=st.integers(0, 1000))
+    def revert_deposit(self, user: str, pick: int) -> None:
+        m = self.user(user)
+        if m is None or not m.deps or pick % 4:  # reorgs are rare; frozen accounts block most rules
+            return
+        dep_id = sorted(m.deps)[pick % len(m.deps)]
+        account, asset, amount, status = m.deps[dep_id]
+        r = self.send(user, "DepositReverted", {"deposit_id": dep_id, "reason": "reorg"})
+        self.expect(r, True)
+        m.deps[dep_id][3] = "reverted"
+        if status == "credited":
+            assert isinstance(amount, int) and isinstance(account, str) and isinstance(asset, str)
+            key = (account, asset, "available")
+            taken = min(m.bal[key], amount)
+            m.bal[key] -= taken
+            if amount > taken:
+                m.bal[(account, asset, "borrowed")] += amount - taken
+                m.frozen = True
+                assert r.reason == "REVERSAL_SHORTFALL"
+
+    @rule(user=users, asset=assets, account=accounts, u=units, oid=st.integers(0, 8))
+    def hold(self, user: str, asset: str, account: str, u: int, oid: int) -> None:
+        amount = u * UNIT[asset] // 10
+        r = self.send(user, "OrderHold", {"order_id": f"o{oid}", "account": account, "asset": asset,
+                                          "amount": amount_text(asset, amount)})
+        m = self.user(user)
+        ok = (m is not None and not m.frozen and f"o{oid}" not in m.holds
+              and m.bal[(account, asset, "available")] >= amount)
+        if self.expect(r, ok):
+            assert m is not None
+            m.bal[(account, asset, "available")] -= amount
+            m.bal[(account, asset, "frozen")] += amount
+            m.holds[f"o{oid}"] = [account, asset, amount]
+
+    @rule(user=users, pick=st.integers(0, 100), part=st.one_of(st.none(), st.integers(1, 100)))
+    def release(self, user: str, pick: int, part: int | None) -> None:
+        user, oid = self._pick(user, pick, "o")
+        m = self.user(user)
+        held = m.holds.get(oid) if m else None
+        asset = str(held[1]) if held else "USDT"
+        amount = None if part is None else part * UNIT[asset] // 100
+        body = {"order_id": oid, "amount": None if amount is None else amount_text(asset, amount)}
+        r = self.send(user, "OrderRelease", body)
+        if held is None:
+            self.expect(r, False, "UNKNOWN_USER" if m is None else "UNKNOWN_HOLD")
+            return
+        assert m is not None
+        account, _, remaining = held
+        assert isinstance(remaining, int) and isinstance(account, str)
+        take = remaining if amount is None else amount
+        if self.expect(r, take <= remaining):
+            self._reduce(m, oid, take)
+            m.bal[(account, asset, "available")] += take
+
+    @rule(user=users, pick=st.integers(0, 100), part=st.integers(1, 120), price=st.integers(1, 50),
+          fee_pct=st.integers(0, 120))
+    def fill(self, user: str, pick: int, part: int, price: int, fee_pct: int) -> None:
+        """One side of a trade: this user's order pays from its hold and receives the other asset."""
+        user, oid = self._pick(user, pick, "o")
+        m = self.user(user)
+        held = m.holds.get(oid) if m else None
+        if held is None or m is None:
+            r = self.send(user, "FillSettle", {"fill_id": "f", "order_id": oid, "account": "spot",
+                                                "pay_asset": "USDT", "pay_amount": "1", "receive_asset": "BTC",
+                                                "receive_amount": "0.001", "fee_amount": "0"})
+            self.expect(r, False, "UNKNOWN_USER" if m is None else "UNKNOWN_HOLD")
+            return
+        account, pay_asset, remaining = held
+        assert isinstance(account, str) and isinstance(pay_asset, str) and isinstance(remaining, int)
+        recv_asset = "BTC" if pay_asset == "USDT" else "USDT"
+        pay = max(1, part * remaining // 100)  # part > 100: more than the hold has left
+        recv = price * UNIT[recv_asset] // 100
+        fee = recv * fee_pct // 100
+        body = {"fill_id": f"f{self.n}", "order_id": oid, "account": account, "pay_asset": pay_asset,
+                "pay_amount": amount_text(pay_asset, pay), "receive_asset": recv_asset,
+                "receive_amount": amount_text(recv_asset, recv), "fee_amount": amount_text(recv_asset, fee)}
+        r = self.send(user, "FillSettle", body)
+        if self.expect(r, pay <= remaining and fee <= recv):
+            self._reduce(m, oid, pay)
+            m.bal[(account, recv_asset, "available")] += recv - fee
+
+    @rule(user=users, asset=assets, src=accounts, dst=accounts, u=units)
+    def transfer(self, user: str, asset: str, src: str, dst: str, u: int) -> None:
+        amount = u * UNIT[asset] // 10
+        r = self.send(user, "Transfer", {"asset": asset, "amount": amount_text(asset, amount),
+                                         "from_account": src, "to_account": dst})
+        m = self.user(user)
+        ok = m is not None and not m.frozen and src != dst and m.bal[(src, asset, "available")] >= amount
+        if self.expect(r, ok):
+            assert m is not None
+            m.bal[(src, asset, "available")] -= amount
+            m.bal[(dst, asset, "available")] += amount
+
+    @rule(user=users, asset=assets, u=st.integers(1, 60), fee_units=st.integers(0, 3), wid=st.integers(0, 30))
+    def withdraw(self, user: str, asset: str, u: int, fee_units: int, wid: int) -> None:
+        amount = u * UNIT[asset] // (1 if asset == "USDT" else 100)
+        fee = fee_units * CFG.rules[asset].withdrawal_fee
+        body = {"withdrawal_id": f"w{wid}", "account": "spot", "chain": CHAIN_FOR[asset], "asset": asset,
+                "amount": amount_text(asset, amount), "fee": amount_text(asset, fee), "address": ADDRESS_FOR[asset]}
+        r = self.send(user, "WithdrawalRequest", body)
+        m = self.user(user)
+        rules = CFG.rules[asset]
+        ok = (m is not None and not m.frozen and f"w{wid}" not in m.wds and amount >= rules.min_withdrawal
+              and fee >= rules.withdrawal_fee and m.bal[("spot", asset, "available")] >= amount + fee)
+        if self.expect(r, ok):
+            assert m is not None
+            need = 0 if amount < rules.auto_approve_below else 1 if amount < rules.two_approvers_from else 2
+            m.bal[("spot", asset, "available")] -= amount + fee
+            m.bal[("spot", asset, "frozen")] += amount + fee
+            m.wds[f"w{wid}"] = {"asset": asset, "total": amount + fee, "need": need, "approvers": set(),
+                                "status": "approved" if need == 0 else "pending_approval"}
+
+    def _pick(self, user: str, pick: int, what: str) -> tuple[str, str]:
+        """Mostly an existing hold / withdrawal of any user; sometimes an id that does not exist."""
+        known = sorted((u, k) for u, m in self.model.items() if m for k in (m.holds if what == "o" else m.wds))
+        if known and pick % 5:
+            return known[pick % len(known)]
+        return user, f"{what}{pick % 7}"
+
+    @rule(user=users, pick=st.integers(0, 100), approver=st.sampled_from(["ops1", "ops2"]))
+    def approve(self, user: str, pick: int, approver: str) -> None:
+        user, wid = self._pick(user, pick, "w")
+        r = self.send(user, "WithdrawalApprove", {"withdrawal_id": wid, "approver": approver})
+        m = self.user(user)
+        w = m.wds.get(wid) if m else None
+        approvers = w["approvers"] if w else set()
+        assert isinstance(approvers, set)
+        ok = (w is not None and m is not None and not m.frozen and w["status"] == "pending_approval"
+              and approver not in approvers)
+        if self.expect(r, ok):
+            assert w is not None
+            approvers.add(approver)
+            if len(approvers) >= w["need"]:  # type: ignore[operator]
+                w["status"] = "approved"
+
+    @rule(user=users, pick=st.integers(0, 100), what=st.sampled_from(["cancel", "broadcast", "confirm", "fail"]))
+    def withdrawal_step(self, user: str, pick: int, what: str) -> None:
+        user, wid = self._pick(user, pick, "w")
+        kind = {"cancel": "WithdrawalCancel", "broadcast": "WithdrawalBroadcast",
+                "confirm": "WithdrawalConfirmed", "fail": "WithdrawalFailed"}[what]
+        body: dict[str, object] = {"withdrawal_id": wid}
+        if what == "cancel":
+            body["reason"] = "user"
+        elif what == "fail":
+            body["reason"] = "dropped"
+        else:
+            body["tx_hash"] = "0x" + "cd" * 32
+        r = self.send(user, kind, body)
+        m = self.user(user)
+        w = m.wds.get(wid) if m else None
+        allowed = {"cancel": ("pending_approval", "approved"), "broadcast": ("approved",),
+                   "confirm": ("approved", "broadcast"), "fail": ("approved", "broadcast")}[what]
+        if not self.expect(r, w is not None and w["status"] in allowed):
+            return
+        assert m is not None and w is not None
+        asset, total = str(w["asset"]), w["total"]
+        assert isinstance(total, int)
+        if what in ("cancel", "fail"):
+            m.bal[("spot", asset, "frozen")] -= total
+            m.bal[("spot", asset, "available")] += total
+        elif what == "confirm":
+            m.bal[("spot", asset, "frozen")] -= total
+        w["status"] = {"cancel": "cancelled", "broadcast": "broadcast", "confirm": "completed", "fail": "failed"}[what]
+
+    @rule(user=users, bad=st.sampled_from(["1.0000001", "-5", "0", "abc", "1e5", "9" * 39, "", " 1", "1.", "１"]))
+    def invalid_amount(self, user: str, bad: str) -> None:
+        before = copy.deepcopy(self.states[user])
+        body = {"asset": "USDT", "amount": bad, "from_account": "spot", "to_account": "margin"}
+        r = self.send(user, "Transfer", body)
+        self.expect(r, False)
+        m = self.model[user]
+        if m is not None and not m.frozen:
+            assert r.reason in {"BAD_AMOUNT", "BAD_AMOUNT_SCALE", "NON_POSITIVE_AMOUNT", "AMOUNT_TOO_LARGE"}, r
+            after = self.states[user]
+            assert after is not None and before is not None
+            after.applied.pop(r.id)
+            assert after == before, "a refused input changed the state"
+            after.applied[r.id] = r
+
+    @rule(pick=st.integers(0, 10_000))
+    def replay(self, pick: int) -> None:
+        """Redelivery: the same input again changes nothing and answers with the identical result."""
+        if not self.sent:
+            return
+        cmd = self.sent[pick % len(self.sent)]
+        before = copy.deepcopy(self.states[cmd.user_id])
+        state, outcome = apply(self.states[cmd.user_id], cmd, CFG)
+        assert state == before, "a duplicate changed the state"
+        assert outcome.lines == () and outcome.events == ()
+        assert outcome.result == self.results[cmd.id]
+
+    # -- helpers and invariants -------------------------------------------------------------------
+    def _reduce(self, m: ModelUser, oid: str, amount: int) -> None:
+        account, asset, remaining = m.holds[oid]
+        assert isinstance(remaining, int)
+        m.bal[(str(account), str(asset), "frozen")] -= amount
+        if remaining == amount:
+            del m.holds[oid]
+        else:
+            m.holds[oid][2] = remaining - amount
+
+    @invariant()
+    def ledger_balances_and_matches_state(self) -> None:
+        per_asset: dict[str, int] = defaultdict(int)
+        derived: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        clearing: dict[str, int] = defaultdict(int)
+        for line in self.lines.values():
+            per_asset[line.asset] += line.amount
+            if line.user_id:
+                derived[(line.user_id, line.account, line.asset, line.bucket)] += line.amount
+            elif line.account == "sys:clearing":
+                clearing[line.asset] += line.amount
+        assert all(v == 0 for v in per_asset.values()), f"ledger unbalanced: {dict(per_asset)}"
+        for user in USERS:
+            state, m = self.states[user], self.model[user]
+            assert (state is None or not state.opened) == (m is None)
+            if state is None or m is None:
+                continue
+            state.check()
+            assert (state.status == "frozen") == m.frozen
+            got = {}
+            for (account, asset), (available, frozen, borrowed) in state.balances.items():
+                for bucket, value in (("available", available), ("frozen", frozen), ("borrowed", borrowed)):
+                    if value:
+                        got[(account, asset, bucket)] = value
+                        sign = -1 if bucket == "borrowed" else 1
+                        assert derived[(user, account, asset, bucket)] == sign * value, (user, account, asset, bucket)
+            assert got == {k: v for k, v in m.bal.items() if v}, f"{user}: engine {got} != model {dict(m.bal)}"
+            assert {k: h.remaining for k, h in state.holds.items()} == {k: h[2] for k, h in m.holds.items()}
+            assert {k: w.status for k, w in state.withdrawals.items()} == {k: w["status"] for k, w in m.wds.items()}
+            assert UserState.from_bytes(state.to_bytes()) == state
+
+
+EngineMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestEngine = EngineMachine.TestCase
