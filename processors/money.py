@@ -61,3 +61,10 @@ def format_amount(minor: int, scale: int) -> str:
         return sign + digits
     digits = digits.rjust(scale + 1, "0")
     return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
+
+
+def parse_signed(text: str, scale: int) -> int:
+    """A signed amount as the engine writes it (ledger lines): '-12.500000' -> -12500000."""
+    if text.startswith("-"):
+        return -parse_amount(text[1:], scale, allow_zero=True)
+    return parse_amount(text, scale, allow_zero=True)

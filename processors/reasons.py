@@ -19,6 +19,7 @@ class Reason(StrEnum):
     UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"  # not spot / margin / futures / staking / isolated:<PAIR>
     SAME_ACCOUNT = "SAME_ACCOUNT"
     ACCOUNT_FROZEN = "ACCOUNT_FROZEN"  # frozen by risk: only chain events still apply
+    WRONG_PARTITION = "WRONG_PARTITION"  # a batch record holding a user of another partition: producer bug
     MALFORMED_COMMAND = "MALFORMED_COMMAND"  # fields the schema allows but the business does not
     # balances and holds
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"

@@ -20,11 +20,15 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "web_host": "127.0.0.1",
         "web_bind": "127.0.0.1",
         "web_port": settings.web_port,
+        "canonical_url": f"http://127.0.0.1:{settings.web_port}",  # where other workers forward queries
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication,
         # Nothing is skipped on a new consumer group: a fresh deployment processes the whole topic.
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
+        # posflow encodes its own bytes (Avro on topics, versioned JSON for table values)
+        "key_serializer": "raw",
+        "value_serializer": "raw",
         "producer_partitioner": None,  # aiokafka's default is murmur2, as the Java client and our helpers use
         "stream_recovery_delay": 0.0,
         "table_standby_replicas": 1,

@@ -29,3 +29,23 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "auto.offset.reset": "earliest",
         **extra,
     }
+
+
+def watermarks(consumer: Any, topic: str, partition: int, timeout_s: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of a partition, retrying while a new partition's leader settles."""
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in settling) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

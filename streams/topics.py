@@ -11,6 +11,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from streams.config import Settings
 
@@ -78,7 +79,24 @@ def create_all(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, s
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
                 rows.append((name, "exists"))
+    _wait_for_leaders(admin, [t.name(settings) for t in ALL], timeout_s)
     return sorted(rows)
+
+
+def _wait_for_leaders(admin: Any, names: list[str], timeout_s: float) -> None:
+    """A new topic is usable once every partition has a leader; clients fail before that."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(timeout=timeout_s).topics
+        pending = [n for n in names if n not in meta or not meta[n].partitions
+                   or any(p.leader < 0 for p in meta[n].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s}s: {pending}")
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas import CODEC
 from streams.config import Settings
-from streams.kafka import consumer_config, producer_config
+from streams.kafka import consumer_config, producer_config, watermarks
 from streams.topics import COMMANDS, create_all
 from streams.workers import WorkerProcess
 
@@ -42,7 +42,7 @@ def _lag(settings: Settings) -> int:
         tps = [TopicPartition(COMMANDS.name(settings), p) for p in range(settings.partitions)]
         lag = 0
         for tp in consumer.committed(tps, timeout=10):
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            _, high = watermarks(consumer, tp.topic, tp.partition)
             lag += high - max(tp.offset, 0)
         return lag
     finally:

@@ -15,7 +15,7 @@ from streams.config import Settings
 from streams.topics import COMMANDS
 
 settings = Settings()
-app = create_app(settings)
+app = create_app(settings, value_serializer="json")  # the counts table holds ints
 commands = raw_topic(app, COMMANDS, settings)
 counts = app.Table("counts", default=int, partitions=settings.partitions)
 

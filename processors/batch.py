@@ -1,0 +1,106 @@
+"""One step of a worker, without Kafka: input records of one poll -> encoded outputs + user states.
+
+A record is either one Command or a CommandBatch for users of one partition (DESIGN §9: the per-
+record cost of Faust is paid once per batch). Bytes that do not decode become a dead-letter record
+holding the original bytes; nothing in here raises on bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from processors.config import EngineConfig
+from processors.engine import apply
+from processors.messages import Command, Outcome, Result
+from processors.reasons import Reason
+from processors.state import UserState
+from processors.wire import command_from_avro, line_to_avro, result_to_avro, to_sign_to_avro
+from schemas import CODEC, DecodeError
+from streams.partitioner import partition_for
+from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TO_SIGN, TopicSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class Step:
+    """What one step produced: records to send (topic, key, value), then states to store."""
+
+    records: list[tuple[TopicSpec, bytes | None, bytes]] = field(default_factory=list)
+    states: dict[str, tuple[int, UserState]] = field(default_factory=dict)  # user -> (partition, state)
+    commands: int = 0
+    dead_letters: int = 0
+
+
+Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
+
+
+class BatchProcessor:
+    def __init__(self, cfg: EngineConfig, partitions: int) -> None:
+        self.cfg = cfg
+        self.partitions = partitions
+        self._partition_of: dict[str, int] = {}
+
+    def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader) -> Step:
+        step = Step()
+        for source, value in inputs:
+            try:
+                name, record = CODEC.decode(value or b"")  # a tombstone (None) is not an input
+                if name == "Command":
+                    commands = [command_from_avro(record)]
+                elif name == "CommandBatch":
+                    commands = [command_from_avro(c) for c in record["commands"]]
+                else:
+                    raise DecodeError("WRONG_MESSAGE_TYPE", f"{name} is not an input")
+            except DecodeError as exc:
+                self._dead_letter(step, source, value, str(exc))
+                continue
+            for cmd in commands:
+                self._apply(step, source.partition, cmd, load)
+        return step
+
+    def _apply(self, step: Step, partition: int, cmd: Command, load: Loader) -> None:
+        step.commands += 1
+        if self._owner(cmd.user_id) != partition:
+            # Applying it here would put the user's state on a partition that does not own it.
+            result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_PARTITION.value,
+                            f"user belongs to partition {self._owner(cmd.user_id)}, record was on {partition}", 0)
+            self._emit(step, Outcome(result))
+            return
+        held = step.states.get(cmd.user_id)
+        state = held[1] if held is not None else load(cmd.user_id, partition)
+        state, outcome = apply(state, cmd, self.cfg)
+        step.states[cmd.user_id] = (partition, state)
+        self._emit(step, outcome)
+
+    def _owner(self, user: str) -> int:
+        owner = self._partition_of.get(user)
+        if owner is None:
+            owner = self._partition_of[user] = partition_for(user.encode(), self.partitions)
+            if len(self._partition_of) > 1_000_000:  # a cache, not a registry
+                self._partition_of.clear()
+        return owner
+
+    def _emit(self, step: Step, outcome: Outcome) -> None:
+        key = outcome.result.user_id.encode()
+        add = step.records.append
+        add((RESULTS, key, CODEC.encode("Result", result_to_avro(outcome.result))))
+        for line in outcome.lines:
+            add((LEDGER, key, CODEC.encode("LedgerLine", line_to_avro(line, self.cfg))))
+        for event in outcome.events:
+            add((TO_SIGN, key, CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg))))
+
+    def _dead_letter(self, step: Step, source: Source, value: bytes | None, error: str) -> None:
+        step.dead_letters += 1
+        record = {"id": f"{source.topic}/{source.partition}/{source.offset}", "ts_ms": source.ts_ms,
+                  "schema_version": 1, "source_topic": source.topic, "source_partition": source.partition,
+                  "source_offset": source.offset, "key": source.key, "value": value, "error": error}
+        step.records.append((DEAD_LETTER, source.key, CODEC.encode("DeadLetter", record)))

@@ -1,0 +1,143 @@
+"""Producer helpers for upstream services: send commands with the right key, partitioner and
+encoding, batch them per partition, and wait for their results.
+
+A single command goes out keyed by its user (Kafka's murmur2 picks the partition). A batch goes out
+as CommandBatch records, each holding only users of one partition and sent to that partition, so a
+worker pays Faust's per-record cost once per batch. Chain events go to their own topic (only the
+chain watcher may write there); everything else to the commands topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+
+from processors.messages import Command, Result
+from processors.wire import command_to_avro, result_from_avro
+from schemas import CODEC
+from streams.config import Settings
+from streams.kafka import consumer_config, producer_config, watermarks
+from streams.partitioner import partition_for
+from streams.topics import CHAIN_EVENTS, COMMANDS, RESULTS
+
+CHAIN_KINDS = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
+                         "WithdrawalConfirmed", "WithdrawalFailed"})
+BATCH_MAX = 500  # commands per CommandBatch record
+
+
+class CommandClient:
+    def __init__(self, settings: Settings, **producer_extra: Any) -> None:
+        self.settings = settings
+        self._producer = Producer(producer_config(settings, **producer_extra))
+        self._batch_seq = 0
+
+    def _topic(self, cmd: Command) -> str:
+        return (CHAIN_EVENTS if cmd.kind in CHAIN_KINDS else COMMANDS).name(self.settings)
+
+    def send(self, cmd: Command) -> None:
+        """One command, one record, keyed by the user."""
+        self._produce(self._topic(cmd), CODEC.encode("Command", command_to_avro(cmd)), key=cmd.user_id.encode())
+
+    def send_batch(self, cmds: Iterable[Command], batch_max: int = BATCH_MAX) -> int:
+        """Group by (topic, partition) keeping each user's order, and send CommandBatch records."""
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        n = 0
+        for cmd in cmds:
+            p = partition_for(cmd.user_id.encode(), self.settings.partitions)
+            groups[(self._topic(cmd), p)].append(command_to_avro(cmd))
+            n += 1
+        for (topic, p), records in groups.items():
+            for i in range(0, len(records), batch_max):
+                self._batch_seq += 1
+                chunk = records[i : i + batch_max]
+                value = CODEC.encode("CommandBatch", {"id": f"batch-{time.time_ns()}-{self._batch_seq}",
+                                                      "ts_ms": int(time.time() * 1000), "schema_version": 1,
+                                                      "commands": chunk})
+                self._produce(topic, value, partition=p)
+        return n
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, partition=partition)
+                self._producer.poll(0)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self._producer.flush(timeout)
+        if left:
+            raise TimeoutError(f"{left} command records not acknowledged by Kafka within {timeout}s")
+
+
+class ResultWatcher:
+    """Reads the results topic from 'now' on; create it before sending what you will wait for."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer = Consumer(consumer_config(settings, f"posflow-results-{time.time_ns()}"))
+        topic = RESULTS.name(settings)
+        start = []
+        for p in range(settings.partitions):
+            _, high = watermarks(self._consumer, topic, p)
+            start.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
+        self._consumer.assign(start)
+        self.results: dict[str, Result] = {}
+        self.received: dict[str, float] = {}  # id -> time.monotonic() when read
+
+    def poll(self, timeout: float = 0.2, max_records: int = 10_000) -> int:
+        got = 0
+        for msg in self._consumer.consume(max_records, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"reading results: {err}")
+            result = result_from_avro(CODEC.decode_as("Result", msg.value() or b""))
+            self.results.setdefault(result.id, result)
+            self.received.setdefault(result.id, time.monotonic())
+            got += 1
+        return got
+
+    def wait_for(self, ids: Sequence[str], timeout: float = 60.0) -> dict[str, Result]:
+        deadline = time.monotonic() + timeout
+        missing = [i for i in ids if i not in self.results]
+        while missing and time.monotonic() < deadline:
+            self.poll()
+            missing = [i for i in missing if i not in self.results]
+        if missing:
+            raise TimeoutError(f"{len(missing)} results missing after {timeout}s, e.g. {missing[:3]}")
+        return {i: self.results[i] for i in ids}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of a topic as (partition, offset, key, value), up to its end at call time."""
+    consumer = Consumer(consumer_config(settings, f"posflow-reader-{time.time_ns()}"))
+    try:
+        ends = {p: watermarks(consumer, topic, p)[1] for p in range(settings.partitions)}
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        pos = dict.fromkeys(ends, 0)
+        out: list[tuple[int, int, bytes | None, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: got {len(out)} records before {timeout}s")
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error() is not None:
+                    continue
+                p, off = msg.partition(), msg.offset()
+                assert p is not None and off is not None, "a consumed record has a position"
+                if off < ends[p]:
+                    out.append((p, off, msg.key(), msg.value() or b""))
+                pos[p] = max(pos[p], off + 1)
+        return out
+    finally:
+        consumer.close()
