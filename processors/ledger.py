@@ -7,13 +7,13 @@ in the core, not bad input: it fails loudly (AssertionError) instead of being tu
 from __future__ import annotations
 
 from processors.messages import Bucket, LedgerLine
-from processors.state import AVAILABLE, BORROWED, FROZEN, UserState
+from processors.state import BORROWED, UserState
 
-_INDEX: dict[str, int] = {"available": AVAILABLE, "frozen": FROZEN, "borrowed": BORROWED}
+_INDEX: dict[str, int] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
 
 
 class Entry:
-    __slots__ = ("_net", "entry_id", "entry_type", "lines", "state", "ts_ms")
+    __slots__ = ("entry_id", "entry_type", "lines", "state", "ts_ms")
 
     def __init__(self, state: UserState, entry_id: str, entry_type: str, ts_ms: int) -> None:
         self.state = state
@@ -21,40 +21,44 @@ class Entry:
         self.entry_type = entry_type
         self.ts_ms = ts_ms
         self.lines: list[LedgerLine] = []
-        self._net: dict[str, int] = {}  # asset -> sum of this entry's amounts
 
     def user(self, account: str, asset: str, bucket: Bucket, amount: int) -> None:
         """Post to the user's own bucket. For `borrowed`, `amount` is the ledger amount (-liability)."""
         assert amount != 0, "a zero line says nothing"
-        triple = self.state.balance(account, asset)
+        state = self.state
+        triple = state.balances.get((account, asset))
+        if triple is None:
+            triple = state.balances[(account, asset)] = [0, 0, 0]
         i = _INDEX[bucket]
-        # The borrowed bucket holds the liability as a positive number; its ledger amount is negated.
-        delta = -amount if i == BORROWED else amount
         before = triple[i]
-        after = before + delta
-        assert after >= 0, f"{self.state.user_id} {account}/{asset}/{bucket}: {before} + {delta} < 0"
-        triple[i] = after
-        sign = -1 if i == BORROWED else 1
-        self._line(self.state.user_id, account, bucket, asset, amount, sign * before, sign * after)
+        if i == BORROWED:
+            # The borrowed bucket holds the liability as a positive number; its ledger amount is negated.
+            after = before - amount
+            assert after >= 0, f"{state.user_id} {account}/{asset}/borrowed: {before} - {amount} < 0"
+            triple[i] = after
+            before, after = -before, -after
+        else:
+            after = before + amount
+            assert after >= 0, f"{state.user_id} {account}/{asset}/{bucket}: {before} + {amount} < 0"
+            triple[i] = after
+        state.seq += 1
+        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                     state.user_id, account, bucket, asset, amount, before, after, state.seq))
 
     def system(self, name: str, asset: str, amount: int) -> None:
         """Post to a system account (sys:<name>); its balance lives in the ledger, not in user state."""
         assert amount != 0, "a zero line says nothing"
-        self._line("", f"sys:{name}", "balance", asset, amount, None, None)
-
-    def _line(self, user_id: str, account: str, bucket: Bucket, asset: str, amount: int,
-              before: int | None, after: int | None) -> None:
-        self.state.seq += 1
-        n = len(self.lines)
-        self.lines.append(LedgerLine(
-            f"{self.state.user_id}/{self.entry_id}/{n}", self.ts_ms, self.entry_id, self.entry_type, n,
-            user_id, account, bucket, asset, amount, before, after, self.state.seq,
-        ))
-        self._net[asset] = self._net.get(asset, 0) + amount
+        state = self.state
+        state.seq += 1
+        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                     "", f"sys:{name}", "balance", asset, amount, None, None, state.seq))
 
     def close(self) -> tuple[LedgerLine, ...]:
         """Postcondition of every entry: debits equal credits in each asset (DESIGN §2.2)."""
-        assert self.lines, f"entry {self.entry_id} has no lines"
-        unbalanced = {asset: net for asset, net in self._net.items() if net != 0}
-        assert not unbalanced, f"entry {self.entry_id} ({self.entry_type}) unbalanced: {unbalanced}"
-        return tuple(self.lines)
+        lines = self.lines
+        assert lines, f"entry {self.entry_id} has no lines"
+        net: dict[str, int] = {}
+        for line in lines:
+            net[line.asset] = net.get(line.asset, 0) + line.amount
+        assert not any(net.values()), f"entry {self.entry_id} ({self.entry_type}) unbalanced: {net}"
+        return tuple(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
@@ -97,8 +97,9 @@ class WithdrawalRef(TypedDict):
     withdrawal_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+# Outputs are NamedTuples: immutable like frozen dataclasses, but several times cheaper to build,
+# which matters at hundreds of thousands of lines per second.
+class Result(NamedTuple):
     id: str
     ts_ms: int
     user_id: str
@@ -109,15 +110,14 @@ class Result:
     ledger_lines: int
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerLine:
+class LedgerLine(NamedTuple):
     """One line; an entry's lines sum to zero per asset. `amount` is signed, in minor units.
 
     Sign convention: + adds to what the account holds. A user's `borrowed` bucket is a liability, so
     borrowing 10 is a line of -10 there and its ledger balance is -borrowed.
     """
 
-    id: str
+    owner: str  # the user whose input made the entry (the Kafka key of the line)
     ts_ms: int
     entry_id: str
     entry_type: str
@@ -131,9 +131,13 @@ class LedgerLine:
     balance_after: int | None
     seq: int  # per-user ledger sequence number
 
+    @property
+    def id(self) -> str:
+        """Deterministic from the input: the same input always yields the same line ids."""
+        return f"{self.owner}/{self.entry_id}/{self.line_no}"
 
-@dataclass(frozen=True, slots=True)
-class WithdrawalToSign:
+
+class WithdrawalToSign(NamedTuple):
     """An approved withdrawal, for the signer."""
 
     id: str  # the withdrawal id
@@ -148,8 +152,7 @@ class WithdrawalToSign:
 Event = WithdrawalToSign
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     result: Result
     lines: tuple[LedgerLine, ...] = ()
     events: tuple[Event, ...] = ()

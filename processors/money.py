@@ -12,6 +12,7 @@ from processors.reasons import Reason
 
 MAX_DIGITS = 38  # what ClickHouse's Decimal(38, s) / Int128 columns hold
 MAX_MINOR = 10**MAX_DIGITS
+_POW10: list[int] = [10**i for i in range(MAX_DIGITS + 19)]
 
 
 class Rejected(Exception):
@@ -36,6 +37,13 @@ def parse_amount(text: str, scale: int, *, allow_zero: bool = False) -> int:
     """'12.5' at scale 6 -> 12500000. Raises Rejected, never returns a negative."""
     if not isinstance(text, str) or not text or not text.isascii():
         raise Rejected(Reason.BAD_AMOUNT, f"{text!r} is not a decimal number")
+    if text.isdigit():  # the common case, a whole number
+        minor = int(text) * _POW10[scale]
+        if minor >= MAX_MINOR:
+            raise Rejected(Reason.AMOUNT_TOO_LARGE, f"{text} exceeds {MAX_DIGITS} digits in minor units")
+        if minor == 0 and not allow_zero:
+            raise Rejected(Reason.NON_POSITIVE_AMOUNT, f"{text} is zero")
+        return minor
     if text[0] == "-":
         raise Rejected(Reason.NON_POSITIVE_AMOUNT, f"{text} is negative")
     whole, dot, frac = text.partition(".")
@@ -44,7 +52,7 @@ def parse_amount(text: str, scale: int, *, allow_zero: bool = False) -> int:
     frac = frac.rstrip("0")  # trailing zeros are not finer than the scale
     if len(frac) > scale:
         raise Rejected(Reason.BAD_AMOUNT_SCALE, f"{text} has {len(frac)} decimals, the asset allows {scale}")
-    minor = int(whole) * 10**scale + (int(frac) * 10 ** (scale - len(frac)) if frac else 0)
+    minor = int(whole) * _POW10[scale] + (int(frac) * _POW10[scale - len(frac)] if frac else 0)
     if minor >= MAX_MINOR:
         raise Rejected(Reason.AMOUNT_TOO_LARGE, f"{text} exceeds {MAX_DIGITS} digits in minor units")
     if minor == 0 and not allow_zero:

@@ -1,0 +1,36 @@
+"""Pure core throughput: apply() over the workload, one process, no Kafka, no encoding."""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from bench.workload import commands, expected_balances, user_name
+from processors.config import default_config
+from processors.engine import apply
+from processors.state import UserState
+
+
+def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
+    cfg = default_config()
+    cmds = commands(users, rounds)
+    states: dict[str, UserState] = {}
+    accepted = 0
+    gc.collect()
+    start = time.perf_counter()
+    for cmd in cmds:
+        state, outcome = apply(states.get(cmd.user_id), cmd, cfg)
+        states[cmd.user_id] = state
+        accepted += outcome.result.status == "ACCEPTED"
+    elapsed = time.perf_counter() - start
+    assert accepted == len(cmds), f"{len(cmds) - accepted} commands refused in a workload meant to be valid"
+    want = expected_balances(rounds)
+    got = states[user_name(users - 1)].balances
+    assert {k: (v[0], v[1]) for k, v in got.items()} == want, "the workload's reference balances disagree"
+    return {"core_commands": len(cmds), "core_seconds": round(elapsed, 3),
+            "core_commands_per_s": round(len(cmds) / elapsed)}
+
+
+if __name__ == "__main__":
+    print(run())

@@ -1,0 +1,67 @@
+"""A deterministic trading-day workload: many users, mostly accepted commands, every kind exercised.
+
+Per user: open, deposit USDT and BTC, then cycles of hold -> fill -> release -> transfer out and
+back, with a withdrawal (request + confirmation) every few cycles. The same generator feeds the core
+benchmark, the end-to-end benchmark and the crash test, whose reference model is `expected_balances`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from processors.messages import Command
+
+ADDR = "0x" + "5a" * 20
+
+
+def user_name(i: int) -> str:
+    return f"user{i:06d}"
+
+
+def setup(users: int, ts: int = 1) -> Iterator[Command]:
+    for i in range(users):
+        u = user_name(i)
+        yield Command(f"{u}-open", ts, u, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+        yield Command(f"ethereum:0x{i:064x}:0", ts, u, "DepositConfirmed",
+                      {"chain": "ethereum", "tx_hash": f"0x{i:064x}", "log_index": 0, "address": ADDR,
+                       "asset": "USDT", "amount": "100000", "block_number": 1, "account": "spot"})
+
+
+def cycles(users: int, rounds: int, ts: int = 2) -> Iterator[Command]:
+    """Interleaves users like real traffic; each round emits 5 commands per user (7 with a withdrawal)."""
+    for r in range(rounds):
+        for i in range(users):
+            u = user_name(i)
+            o = f"{u}-o{r}"
+            yield Command(f"{o}-hold", ts, u, "OrderHold",
+                          {"order_id": o, "account": "spot", "asset": "USDT", "amount": "100"})
+            yield Command(f"{o}-fill", ts, u, "FillSettle",
+                          {"fill_id": f"{o}-f", "order_id": o, "account": "spot", "pay_asset": "USDT",
+                           "pay_amount": "60", "receive_asset": "BTC", "receive_amount": "0.001",
+                           "fee_amount": "0.000001"})
+            yield Command(f"{o}-rel", ts, u, "OrderRelease", {"order_id": o, "amount": None})
+            yield Command(f"{o}-t1", ts, u, "Transfer",
+                          {"asset": "USDT", "amount": "10", "from_account": "spot", "to_account": "margin"})
+            yield Command(f"{o}-t2", ts, u, "Transfer",
+                          {"asset": "USDT", "amount": "4", "from_account": "margin", "to_account": "spot"})
+            if r % 4 == 3:
+                w = f"{u}-w{r}"
+                yield Command(f"{w}-req", ts, u, "WithdrawalRequest",
+                              {"withdrawal_id": w, "account": "spot", "chain": "ethereum", "asset": "USDT",
+                               "amount": "20", "fee": "1", "address": ADDR})
+                yield Command(f"{w}-done", ts, u, "WithdrawalConfirmed", {"withdrawal_id": w, "tx_hash": "0x1"})
+
+
+def commands(users: int, rounds: int) -> list[Command]:
+    return [*setup(users), *cycles(users, rounds)]
+
+
+def expected_balances(rounds: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per user, (account, asset) -> (available, frozen) after setup + `rounds` cycles (minor units)."""
+    withdrawals = sum(1 for r in range(rounds) if r % 4 == 3)
+    spot_usdt = 100_000 * 10**6 - rounds * (60 + 10 - 4) * 10**6 - withdrawals * 21 * 10**6
+    return {
+        ("spot", "USDT"): (spot_usdt, 0),
+        ("margin", "USDT"): (rounds * 6 * 10**6, 0),
+        ("spot", "BTC"): (rounds * (100_000 - 100), 0),
+    }

@@ -1,0 +1,74 @@
+"""The worker step without Kafka: undecodable bytes become dead letters, the rest still applies."""
+
+from __future__ import annotations
+
+from processors.batch import BatchProcessor, Source
+from processors.config import default_config
+from processors.messages import Command
+from processors.state import UserState
+from processors.wire import command_to_avro
+from schemas import CODEC
+from streams.partitioner import partition_for
+from streams.topics import DEAD_LETTER, LEDGER, RESULTS
+
+PARTITIONS = 4
+
+
+def user_on(partition: int) -> str:
+    return next(f"user{i}" for i in range(1000) if partition_for(f"user{i}".encode(), PARTITIONS) == partition)
+
+
+def src(partition: int, offset: int) -> Source:
+    return Source("t.commands", partition, offset, b"k", 0)
+
+
+def encoded(cmd: Command) -> bytes:
+    return CODEC.encode("Command", command_to_avro(cmd))
+
+
+def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
+    user = user_on(1)
+    good = encoded(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))
+    truncated = good[:-3]
+    to_sign = CODEC.encode("WithdrawalToSign", {"id": "w", "ts_ms": 0, "schema_version": 1, "user_id": user,
+                                                "chain": "ethereum", "asset": "USDT", "amount": "1", "address": "x"})
+    unknown_schema = b"\xc3\x01" + b"\x00" * 8 + b"\x02"
+    inputs = [(src(1, 0), b"garbage"), (src(1, 1), truncated), (src(1, 2), to_sign), (src(1, 3), unknown_schema),
+              (src(1, 4), None), (src(1, 5), good)]
+    stored: dict[str, UserState] = {}
+    step = BatchProcessor(default_config(), PARTITIONS).run(inputs, lambda u, p: stored.get(u))
+    dead = [CODEC.decode_as("DeadLetter", v) for spec, _, v in step.records if spec is DEAD_LETTER]
+    assert [d["source_offset"] for d in dead] == [0, 1, 2, 3, 4]
+    assert dead[0]["value"] == b"garbage" and dead[1]["value"] == truncated and dead[4]["value"] is None
+    assert [d["error"].split(":")[0] for d in dead] == ["NOT_AVRO", "CORRUPT_BODY", "WRONG_MESSAGE_TYPE",
+                                                       "UNKNOWN_SCHEMA", "NOT_AVRO"]
+    results = [CODEC.decode_as("Result", v) for spec, _, v in step.records if spec is RESULTS]
+    assert [(r["id"], r["status"]) for r in results] == [("o", "ACCEPTED")]
+    assert step.states[user][1].opened and step.dead_letters == 5
+
+
+def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None:
+    user = user_on(2)
+    batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1, "commands": [
+        command_to_avro(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))]})
+    step = BatchProcessor(default_config(), PARTITIONS).run([(src(0, 0), batch)], lambda u, p: None)
+    (result,) = [CODEC.decode_as("Result", v) for spec, _, v in step.records if spec is RESULTS]
+    assert result["reason"] == "WRONG_PARTITION" and not step.states
+
+
+def test_batch_applies_in_order_and_emits_ledger_keyed_by_user() -> None:
+    user = user_on(3)
+    cmds = [Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
+            Command("ethereum:0xaa:0", 2, user, "DepositConfirmed",
+                    {"chain": "ethereum", "tx_hash": "0xaa", "log_index": 0, "address": "0x" + "1" * 40,
+                     "asset": "ETH", "amount": "1.5", "block_number": 9, "account": "spot"}),
+            Command("t", 3, user, "Transfer", {"asset": "ETH", "amount": "0.5", "from_account": "spot",
+                                               "to_account": "staking"})]
+    batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1,
+                                          "commands": [command_to_avro(c) for c in cmds]})
+    step = BatchProcessor(default_config(), PARTITIONS).run([(src(3, 0), batch)], lambda u, p: None)
+    lines = [(k, CODEC.decode_as("LedgerLine", v)) for spec, k, v in step.records if spec is LEDGER]
+    assert {k for k, _ in lines} == {user.encode()}
+    assert [ln["amount"] for _, ln in lines] == ["1.500000000000000000", "-1.500000000000000000",
+                                                 "-0.500000000000000000", "0.500000000000000000"]
+    assert step.states[user][1].balance("staking", "ETH") == [5 * 10**17, 0, 0]

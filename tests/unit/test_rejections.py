@@ -1,0 +1,120 @@
+"""Every kind of bad input gets its specific reason, changes nothing, and the engine goes on."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from processors.config import default_config
+from processors.engine import apply
+from processors.messages import Command
+from processors.state import UserState
+
+CFG = default_config()
+ADDR = "0x" + "ab" * 20
+
+
+def funded() -> UserState:
+    state, _ = apply(None, Command("open", 1, "u", "OpenAccount", {"kyc_tier": 1, "region": "DE"}), CFG)
+    body = {"chain": "ethereum", "tx_hash": "0x01", "log_index": 0, "address": ADDR, "asset": "USDT",
+            "amount": "100", "block_number": 1, "account": "spot"}
+    state, out = apply(state, Command("ethereum:0x01:0", 2, "u", "DepositConfirmed", body), CFG)
+    assert out.result.status == "ACCEPTED"
+    state, out = apply(state, Command("h", 3, "u", "OrderHold",
+                                      {"order_id": "o1", "account": "spot", "asset": "USDT", "amount": "10"}), CFG)
+    assert out.result.status == "ACCEPTED"
+    return state
+
+
+def wd(**over: Any) -> dict[str, Any]:
+    return {"withdrawal_id": "w1", "account": "spot", "chain": "ethereum", "asset": "USDT", "amount": "20",
+            "fee": "1", "address": ADDR, **over}
+
+
+def tr(amount: str = "1", src: str = "spot", dst: str = "margin", asset: str = "USDT") -> dict[str, Any]:
+    return {"asset": asset, "amount": amount, "from_account": src, "to_account": dst}
+
+
+CASES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("transfer too much", "Transfer", tr("91"), "INSUFFICIENT_FUNDS"),
+    ("unknown asset", "Transfer", tr(asset="DOGE"), "UNKNOWN_ASSET"),
+    ("unknown sub-account", "Transfer", tr(dst="savings"), "UNKNOWN_ACCOUNT"),
+    ("isolated pair without the asset", "Transfer", tr(dst="isolated:ETH-BTC"), "UNKNOWN_ACCOUNT"),
+    ("same account", "Transfer", tr(dst="spot"), "SAME_ACCOUNT"),
+    ("wrong scale", "Transfer", tr("0.0000001"), "BAD_AMOUNT_SCALE"),
+    ("negative", "Transfer", tr("-1"), "NON_POSITIVE_AMOUNT"),
+    ("beyond 38 digits", "Transfer", tr("1" * 40), "AMOUNT_TOO_LARGE"),
+    ("hold twice", "OrderHold", {"order_id": "o1", "account": "spot", "asset": "USDT", "amount": "1"},
+     "DUPLICATE_ORDER_ID"),
+    ("release unknown", "OrderRelease", {"order_id": "nope", "amount": None}, "UNKNOWN_HOLD"),
+    ("release too much", "OrderRelease", {"order_id": "o1", "amount": "11"}, "HOLD_EXCEEDED"),
+    ("fill wrong asset", "FillSettle", {"fill_id": "f", "order_id": "o1", "account": "spot", "pay_asset": "BTC",
+                                        "pay_amount": "1", "receive_asset": "USDT", "receive_amount": "1",
+                                        "fee_amount": "0"}, "ASSET_MISMATCH"),
+    ("fill fee above proceeds", "FillSettle", {"fill_id": "f", "order_id": "o1", "account": "spot",
+                                               "pay_asset": "USDT", "pay_amount": "1", "receive_asset": "BTC",
+                                               "receive_amount": "0.001", "fee_amount": "0.002"}, "BAD_FEE"),
+    ("withdraw to bad address", "WithdrawalRequest", wd(address="0x12"), "BAD_ADDRESS"),
+    ("withdraw on unknown chain", "WithdrawalRequest", wd(chain="solana"), "UNKNOWN_CHAIN"),
+    ("withdraw BTC on ethereum", "WithdrawalRequest", wd(asset="BTC", amount="0.01", fee="0.001"), "UNKNOWN_ASSET"),
+    ("withdraw below minimum", "WithdrawalRequest", wd(amount="5"), "BELOW_MINIMUM"),
+    ("withdraw fee too low", "WithdrawalRequest", wd(fee="0.5"), "BAD_FEE"),
+    ("withdraw more than available", "WithdrawalRequest", wd(amount="90"), "INSUFFICIENT_FUNDS"),
+    ("approve unknown", "WithdrawalApprove", {"withdrawal_id": "w9", "approver": "ops"}, "UNKNOWN_WITHDRAWAL"),
+    ("confirm unknown", "WithdrawalConfirmed", {"withdrawal_id": "w9", "tx_hash": "0x"}, "UNKNOWN_WITHDRAWAL"),
+    ("revert unknown deposit", "DepositReverted", {"deposit_id": "ethereum:0x99:0", "reason": "reorg"},
+     "UNKNOWN_DEPOSIT"),
+    ("open twice", "OpenAccount", {"kyc_tier": 1, "region": "DE"}, "USER_EXISTS"),
+    ("unknown kind", "Teleport", {}, "MALFORMED_COMMAND"),
+]
+
+
+@pytest.mark.parametrize(("why", "kind", "body", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_refused_with_reason_and_nothing_changes(why: str, kind: str, body: dict[str, Any], reason: str) -> None:
+    state = funded()
+    before = copy.deepcopy(state)
+    after, out = apply(state, Command("bad", 10, "u", kind, body), CFG)
+    assert (out.result.status, out.result.reason) == ("REJECTED", reason), out.result.detail
+    assert out.lines == () and out.events == ()
+    del after.applied["bad"]
+    assert after == before
+
+
+def test_deposit_id_must_be_the_chain_position() -> None:
+    state = funded()
+    body = {"chain": "ethereum", "tx_hash": "0x02", "log_index": 0, "address": ADDR, "asset": "USDT",
+            "amount": "5", "block_number": 2, "account": "spot"}
+    _, out = apply(state, Command("some-uuid", 5, "u", "DepositConfirmed", body), CFG)
+    assert out.result.reason == "BAD_DEPOSIT_ID"
+
+
+def test_unknown_user_is_refused_and_remembered() -> None:
+    cmd = Command("t", 1, "ghost", "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
+                                                "to_account": "margin"})
+    state, out = apply(None, cmd, CFG)
+    assert out.result.reason == "UNKNOWN_USER" and not state.opened
+    state, _ = apply(state, Command("open", 2, "ghost", "OpenAccount", {"kyc_tier": 0, "region": "DE"}), CFG)
+    _, again = apply(state, cmd, CFG)
+    assert again.result == out.result, "a redelivered input gets its first answer"
+
+
+def test_frozen_account_refuses_new_exposure_but_accepts_chain_events() -> None:
+    state = funded()
+    state.status = "frozen"
+    _, out = apply(state, Command("t", 9, "u", "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
+                                                             "to_account": "margin"}), CFG)
+    assert out.result.reason == "ACCOUNT_FROZEN"
+    body = {"chain": "ethereum", "tx_hash": "0x03", "log_index": 0, "address": ADDR, "asset": "USDT",
+            "amount": "5", "block_number": 3, "account": "spot"}
+    _, out = apply(state, Command("ethereum:0x03:0", 10, "u", "DepositConfirmed", body), CFG)
+    assert out.result.status == "ACCEPTED"
+
+
+def test_applied_window_is_bounded() -> None:
+    state = funded()
+    for i in range(CFG.applied_window + 50):
+        state, _ = apply(state, Command(f"r{i}", 100 + i, "u", "OrderRelease", {"order_id": "x", "amount": None}), CFG)
+    assert len(state.applied) == CFG.applied_window
+    assert "r0" not in state.applied and f"r{CFG.applied_window + 49}" in state.applied
