@@ -50,7 +50,7 @@ demo: $(STAMP)
 	@$(PY) -m streams.demo
 
 bench: $(STAMP)
-	@$(PY) -m bench.run
+	@$(PY) -m bench.run $(BENCH)
 
 clean: down
 	rm -rf .local

@@ -1,8 +1,11 @@
-"""A deterministic trading-day workload: many users, mostly accepted commands, every kind exercised.
+"""A deterministic trading-day workload: many users, every command valid, every kind exercised.
 
-Per user: open, deposit USDT and BTC, then cycles of hold -> fill -> release -> transfer out and
-back, with a withdrawal (request + confirmation) every few cycles. The same generator feeds the core
-benchmark, the end-to-end benchmark and the crash test, whose reference model is `expected_balances`.
+Per user: open, deposit USDT, then cycles of hold -> fill -> release -> transfer out and back, with a
+withdrawal request every fourth cycle, and finally the chain's confirmations of the withdrawals. The
+steps are separate because chain events travel on their own topic: a client that needs one step's
+effect before the next (an account before its deposit, a request before its confirmation) waits for
+the results in between. The same generator feeds the core benchmark, the end-to-end benchmark and
+the crash test; `expected_balances` is its reference model.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ def user_name(i: int) -> str:
     return f"user{i:06d}"
 
 
-def setup(users: int, ts: int = 1) -> Iterator[Command]:
+def accounts(users: int, ts: int = 1) -> Iterator[Command]:
     for i in range(users):
         u = user_name(i)
         yield Command(f"{u}-open", ts, u, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+
+
+def deposits(users: int, ts: int = 1) -> Iterator[Command]:
+    for i in range(users):
+        u = user_name(i)
         yield Command(f"ethereum:0x{i:064x}:0", ts, u, "DepositConfirmed",
                       {"chain": "ethereum", "tx_hash": f"0x{i:064x}", "log_index": 0, "address": ADDR,
                        "asset": "USDT", "amount": "100000", "block_number": 1, "account": "spot"})
@@ -49,15 +57,27 @@ def cycles(users: int, rounds: int, ts: int = 2) -> Iterator[Command]:
                 yield Command(f"{w}-req", ts, u, "WithdrawalRequest",
                               {"withdrawal_id": w, "account": "spot", "chain": "ethereum", "asset": "USDT",
                                "amount": "20", "fee": "1", "address": ADDR})
-                yield Command(f"{w}-done", ts, u, "WithdrawalConfirmed", {"withdrawal_id": w, "tx_hash": "0x1"})
+
+
+def confirmations(users: int, rounds: int, ts: int = 3) -> Iterator[Command]:
+    for r in range(3, rounds, 4):
+        for i in range(users):
+            w = f"{user_name(i)}-w{r}"
+            yield Command(f"{w}-done", ts, user_name(i), "WithdrawalConfirmed", {"withdrawal_id": w, "tx_hash": "0x1"})
+
+
+def steps(users: int, rounds: int) -> list[list[Command]]:
+    """The workload in the order a client must wait between: accounts, deposits, trading, chain."""
+    return [list(accounts(users)), list(deposits(users)), list(cycles(users, rounds)),
+            list(confirmations(users, rounds))]
 
 
 def commands(users: int, rounds: int) -> list[Command]:
-    return [*setup(users), *cycles(users, rounds)]
+    return [c for step in steps(users, rounds) for c in step]
 
 
 def expected_balances(rounds: int) -> dict[tuple[str, str], tuple[int, int]]:
-    """Per user, (account, asset) -> (available, frozen) after setup + `rounds` cycles (minor units)."""
+    """Per user, (account, asset) -> (available, frozen) after all steps (minor units)."""
     withdrawals = sum(1 for r in range(rounds) if r % 4 == 3)
     spot_usdt = 100_000 * 10**6 - rounds * (60 + 10 - 4) * 10**6 - withdrawals * 21 * 10**6
     return {

@@ -2,14 +2,24 @@
 states, and the web view that answers balance queries from the worker that owns the user.
 
 Per poll (`take_events`): decode and apply everything (processors.batch), send the outputs and wait
-for their acknowledgement, then store the touched user states. Faust acks the events only after the
-loop body returns and flushes the table's changelog before committing offsets, so after a crash
-either the state is unchanged (the inputs are re-applied and yield identical outputs with identical
-ids) or it already records the inputs (they are recognised as applied and change nothing).
+for their acknowledgement, then store the touched user states, then the partition's progress (the
+last input offset applied). Faust acks the events only after the loop body returns and flushes the
+table's changelog before committing offsets, so after a crash either the state is unchanged (the
+inputs are re-applied and yield identical outputs with identical ids) or it already records the
+inputs (they are recognised as applied and change nothing).
+
+Two guards against Faust rebalance defects seen in the crash test (faust-streaming issues #216 and
+#629): inputs must arrive in offset order (our input topics have contiguous offsets: idempotent,
+non-transactional producers, no compaction), so a record beyond progress + 1 means Faust skipped
+records, and the worker exits to be restarted and re-seek; and a partition that has records waiting
+but makes no progress for `stall_s` also makes the worker exit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 import weakref
 from dataclasses import dataclass
@@ -24,12 +34,27 @@ from processors.config import EngineConfig
 from processors.money import format_amount
 from processors.state import UserState
 from streams.config import Settings
+from streams.kafka import consumer_config, watermarks
 from streams.output import OutputProducer
 from streams.topics import CHAIN_EVENTS, COMMANDS
 
 TAKE_MAX = 1000  # input records per step
 TAKE_WITHIN_S = 0.005  # a step waits this long at most for TAKE_MAX records
 STATE_CACHE_MAX = 200_000
+EXIT_RESTART = 75  # "temporary failure": the supervisor (Kubernetes, the tests) starts the worker again
+log = logging.getLogger("posflow.engine")
+
+
+def progress_key(topic: str, partition: int) -> bytes:
+    """Lives in the users table (same changelog partition, written after the states it covers).
+    User ids cannot start with NUL, so the keys never meet."""
+    return f"\x00progress/{topic}/{partition}".encode()
+
+
+def _exit_for_restart(reason: str) -> None:
+    log.critical("exiting for a restart: %s", reason)
+    logging.shutdown()
+    os._exit(EXIT_RESTART)
 
 
 @dataclass
@@ -39,6 +64,7 @@ class Counters:
     commands: int = 0
     outputs: int = 0
     dead_letters: int = 0
+    redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
     started: float = time.time()
 
 
@@ -63,9 +89,34 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     cache: dict[str, tuple[bytes, UserState]] = {}
     output: list[OutputProducer] = []  # created on first use, inside the worker process
 
+    processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied, this process
+
+    def in_order(events: list[Any]) -> tuple[list[tuple[Any, bool]], dict[tuple[str, int], int]]:
+        """Mark records already applied as replays; exit if Faust skipped any (see the module docstring).
+        Returns (event, replay) pairs and the progress to store per (topic, partition)."""
+        progress: dict[tuple[str, int], int | None] = {}
+        marked = []
+        for ev in events:
+            m = ev.message
+            tp = (m.topic, m.partition)
+            if tp not in progress:
+                _in_partition(ev)
+                raw = users.get(progress_key(*tp))
+                progress[tp] = int(raw) if raw is not None else None
+            done = progress[tp]
+            if done is not None and m.offset <= done:
+                marked.append((ev, True))
+                continue
+            if done is not None and m.offset != done + 1:
+                _exit_for_restart(f"{tp}: got offset {m.offset} after {done}; records were skipped")
+            progress[tp] = m.offset
+            marked.append((ev, False))
+        return marked, {tp: done for tp, done in progress.items() if done is not None}
+
     @app.agent(inputs)
     async def engine(stream: Any) -> None:
         async for events in stream.take_events(TAKE_MAX, within=TAKE_WITHIN_S):
+            marked, reached = in_order(events)
             by_partition = {ev.message.partition: ev for ev in events}
 
             def load(user: str, partition: int, by_partition: dict[int, Any] = by_partition) -> UserState | None:
@@ -73,12 +124,14 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 raw = users.get(user.encode())
                 if raw is None:
                     return None
-                hit = cache.get(user)
+                # Taken out while the step mutates it: if the step is interrupted before the store,
+                # the next load decodes the stored bytes instead of a half-stepped object.
+                hit = cache.pop(user, None)
                 return hit[1] if hit is not None and hit[0] == raw else UserState.from_bytes(raw)
 
             step = processor.run(
                 ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                         int(ev.message.timestamp * 1000)), ev.message.value) for ev in events),
+                         int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
                 load,
             )
             if not output:
@@ -91,10 +144,47 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 data = state.to_bytes()
                 users[user.encode()] = data
                 cache[user] = (data, state)
+            # last: a progress entry in the changelog implies the states written before it
+            for (topic, partition), offset in reached.items():
+                _in_partition(by_partition[partition])
+                users[progress_key(topic, partition)] = str(offset).encode()
+            processed.update(reached)
             counters.steps += 1
             counters.records += len(events)
             counters.commands += step.commands
             counters.dead_letters += step.dead_letters
+            counters.redelivered += step.replayed
+
+    stalled: dict[tuple[str, int], tuple[int | None, float]] = {}
+    watermark_reader: list[Any] = []
+
+    @app.timer(max(1.0, settings.stall_s / 6))  # type: ignore[untyped-decorator]
+    async def watchdog() -> None:
+        """Exit when an assigned input partition has records waiting and its progress stands still."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            stalled.clear()  # recovery time is not a stall
+            return
+        tps = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in inputs.topics]
+        if not watermark_reader:
+            from confluent_kafka import Consumer
+
+            watermark_reader.append(Consumer(consumer_config(settings, f"{settings.app_id}-watchdog")))
+        highs = await asyncio.to_thread(lambda: {tp: watermarks(watermark_reader[0], *tp)[1] for tp in tps})
+        now = time.monotonic()
+        for tp in tps:
+            done = processed.get(tp)
+            if done is None:
+                raw = users.get(progress_key(*tp))
+                done = int(raw) if raw is not None else None
+            if highs[tp] - 1 <= (done if done is not None else -1):
+                stalled.pop(tp, None)
+                continue
+            since = stalled.get(tp)
+            if since is None or since[0] != done:
+                stalled[tp] = (done, now)
+            elif now - since[1] > settings.stall_s:
+                _exit_for_restart(f"{tp}: {highs[tp] - 1 - (done or -1)} records waiting, "
+                                  f"no progress for {now - since[1]:.0f}s (Faust left the partition unfetched)")
 
     @app.page("/users/{user_id}/balances")
     class Balances(View):

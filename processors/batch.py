@@ -28,6 +28,11 @@ class Source:
     offset: int
     key: bytes | None
     ts_ms: int
+    # Already applied (at or below the partition's progress): nothing is applied or emitted, but the
+    # users it names are stored again. After a crash the local store can be ahead of the changelog;
+    # the inputs of those unacknowledged writes are exactly the ones redelivered, so re-storing their
+    # users' states brings the changelog level with what the outputs already said.
+    replay: bool = False
 
 
 @dataclass(slots=True)
@@ -38,6 +43,7 @@ class Step:
     states: dict[str, tuple[int, UserState]] = field(default_factory=dict)  # user -> (partition, state)
     commands: int = 0
     dead_letters: int = 0
+    replayed: int = 0
 
 
 Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
@@ -61,14 +67,32 @@ class BatchProcessor:
                 else:
                     raise DecodeError("WRONG_MESSAGE_TYPE", f"{name} is not an input")
             except DecodeError as exc:
-                self._dead_letter(step, source, value, str(exc))
+                if not source.replay:
+                    self._dead_letter(step, source, value, str(exc))
                 continue
             for cmd in commands:
-                self._apply(step, source.partition, cmd, load)
+                if source.replay:
+                    self._restore(step, source.partition, cmd.user_id, load)
+                else:
+                    self._apply(step, source.partition, cmd, load)
         return step
+
+    def _restore(self, step: Step, partition: int, user: str, load: Loader) -> None:
+        step.replayed += 1
+        if user in step.states or not user or not user.isprintable() or self._owner(user) != partition:
+            return
+        state = load(user, partition)
+        if state is not None:
+            step.states[user] = (partition, state)
 
     def _apply(self, step: Step, partition: int, cmd: Command, load: Loader) -> None:
         step.commands += 1
+        if not cmd.user_id or not cmd.user_id.isprintable():
+            # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
+            result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,
+                            "user_id must be non-empty printable text", 0)
+            self._emit(step, Outcome(result))
+            return
         if self._owner(cmd.user_id) != partition:
             # Applying it here would put the user's state on a partition that does not own it.
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_PARTITION.value,

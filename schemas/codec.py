@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import schemaless_reader
 from fastavro.schema import fingerprint, load_schema, parse_schema, to_parsing_canonical_form
+
+from schemas.compiled import Writer, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
@@ -47,12 +49,14 @@ def fingerprint_of(parsed: Any) -> bytes:
 class Codec:
     def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
         self._current: dict[str, tuple[bytes, Any]] = {}
+        self._writers: dict[str, tuple[bytes, Writer]] = {}  # name -> (header, compiled writer)
         self._by_fp: dict[bytes, _Version] = {}
         for name in MESSAGES:
             path = schema_dir / f"{NAMESPACE}.{name}.avsc"
             fp = fingerprint_of(load_schema(str(path), _write_hint=False))
             parsed = load_schema(str(path))  # with fastavro's "already parsed" hint, else it re-parses per call
             self._current[name] = (fp, parsed)
+            self._writers[name] = (MAGIC + fp, compile_writer(parsed))
             self._by_fp[fp] = _Version(name, parsed, current=True)
         # history/<Name>.v<N>.avsc: earlier versions, fully expanded, kept so old messages still decode.
         for path in sorted((schema_dir / "history").glob("*.avsc")):
@@ -65,12 +69,8 @@ class Codec:
         return self._current[name][1]
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
-        fp, parsed = self._current[name]
-        buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(fp)
-        schemaless_writer(buf, parsed, record)
-        return buf.getvalue()
+        header, write = self._writers[name]
+        return header + write(record)
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """Returns (message name, record in the current version of that message)."""

@@ -31,6 +31,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "value_serializer": "raw",
         "producer_partitioner": None,  # aiokafka's default is murmur2, as the Java client and our helpers use
         "stream_recovery_delay": 0.0,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": max(1.0, settings.session_timeout_s / 5),
         "table_standby_replicas": 1,
     }
     options.update(overrides)

@@ -161,7 +161,8 @@ def main() -> int:
     print(f"fresh topics for this run: {prefix}*  ({settings.partitions} partitions each)")
 
     _step("two engine workers")
-    workers = [WorkerProcess("streams.worker", port, env, base.home / "logs" / f"demo-worker-{port}.log")
+    workers = [WorkerProcess("streams.worker", port, env, base.home / "logs" / f"demo-worker-{port}.log",
+                             supervise=True)
                for port in (16066, 16067)]
     try:
         for w in workers:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,16 +21,45 @@ from streams.config import REPO_ROOT
 
 @dataclass
 class WorkerProcess:
-    """One `faust worker` subprocess of the app in `module`, with its own web port and data dir."""
+    """One `faust worker` subprocess of the app in `module`, with its own web port and data dir.
+
+    With `supervise`, a worker that exits on its own (a crash, a SIGKILL, the engine's watchdog) is
+    started again after `restart_delay_s`, as Kubernetes restarts a pod; only `stop()` ends it.
+    """
 
     module: str
     web_port: int
     env: dict[str, str]
     log_path: Path
     loglevel: str = "warn"
+    supervise: bool = False
+    restart_delay_s: float = 0.5
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    exits: list[int] = field(default_factory=list, init=False)  # exit codes of unplanned exits
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def start(self) -> WorkerProcess:
+        with self._lock:
+            self._spawn()
+        if self.supervise:
+            self._stopping.clear()
+            threading.Thread(target=self._watch, daemon=True, name=f"supervise-{self.web_port}").start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                proc = self.proc
+                if proc is None or proc.poll() is None or self._stopping.is_set():
+                    continue
+                self.exits.append(proc.returncode)
+            time.sleep(self.restart_delay_s)
+            with self._lock:
+                if not self._stopping.is_set():
+                    self._spawn()
+
+    def _spawn(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "worker already running"
         env = {**os.environ, **self.env, "POSFLOW_WEB_PORT": str(self.web_port)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -42,7 +72,6 @@ class WorkerProcess:
             start_new_session=True,  # its own process group: a kill reaches its children too
         )
         log.close()
-        return self
 
     @property
     def url(self) -> str:
@@ -60,7 +89,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
-            if not self.alive():
+            if not self.alive() and not self.supervise:
                 raise RuntimeError(f"worker on :{self.web_port} exited\n{self.log_tail()}")
             try:
                 last = self.get_json(path)
@@ -72,14 +101,15 @@ class WorkerProcess:
         raise TimeoutError(f"GET {path} on :{self.web_port} never satisfied; last={last!r}\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Graceful: SIGTERM lets Faust commit offsets and flush; SIGKILL if it hangs."""
-        self._signal(signal.SIGTERM)
-        self._reap(timeout)
+        """Graceful: SIGTERM lets Faust commit offsets and flush; SIGKILL if it hangs. Ends supervision."""
+        self._stopping.set()
+        with self._lock:
+            self._signal(signal.SIGTERM)
+            self._reap(timeout)
 
     def kill(self) -> None:
-        """A crash: SIGKILL with no chance to flush or commit."""
+        """A crash: SIGKILL with no chance to flush or commit (a supervised worker comes back)."""
         self._signal(signal.SIGKILL)
-        self._reap(10.0)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.alive():

@@ -72,3 +72,15 @@ def test_batch_applies_in_order_and_emits_ledger_keyed_by_user() -> None:
     assert [ln["amount"] for _, ln in lines] == ["1.500000000000000000", "-1.500000000000000000",
                                                  "-0.500000000000000000", "0.500000000000000000"]
     assert step.states[user][1].balance("staking", "ETH") == [5 * 10**17, 0, 0]
+
+
+def test_replayed_records_restore_states_without_applying_or_emitting() -> None:
+    user = user_on(1)
+    stored = {user: UserState(user, kyc_tier=1)}
+    transfer = encoded(Command("t", 5, user, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
+                                                           "to_account": "margin"}))
+    replay = Source("t.commands", 1, 7, b"k", 0, replay=True)
+    step = BatchProcessor(default_config(), PARTITIONS).run([(replay, transfer), (replay, b"garbage")],
+                                                           lambda u, p: stored.get(u))
+    assert step.records == [] and step.replayed == 1 and step.dead_letters == 0
+    assert step.states == {user: (1, stored[user])} and stored[user].applied == {}

@@ -1,0 +1,46 @@
+"""`make bench`: run the benchmarks, print their figures, save them to bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import core, e2e
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def save(name: str, figures: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**figures, "machine": machine()}, indent=2) + "\n")
+    print(f"saved {path.relative_to(RESULTS.parent.parent)}")
+
+
+def main(argv: list[str]) -> int:
+    wanted = set(argv) or {"engine"}
+    if "engine" in wanted:
+        print("== engine: pure core", flush=True)
+        figures = core.run()
+        print(f"  {figures}", flush=True)
+        print("== engine: end to end through Kafka (one worker)", flush=True)
+        figures.update(e2e.run())
+        for key, value in figures.items():
+            print(f"  {key:<28} {value}")
+        save("engine", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

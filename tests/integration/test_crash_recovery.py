@@ -1,0 +1,136 @@
+"""Crash and redelivery against the real broker: two workers, one killed with SIGKILL at random
+moments (more than once) while >= 50,000 commands stream through. Afterwards the balances in the
+engine and in the ledger equal the reference model, every command has its result, and no ledger id
+appears with two different contents."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import workload
+from processors.config import default_config
+from processors.money import parse_signed
+from schemas import CODEC
+from streams.client import CommandClient, ResultWatcher, read_topic
+from streams.config import Settings
+from streams.topics import LEDGER, create_all
+from streams.workers import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+USERS, ROUNDS = 1200, 8
+KILLS = 3
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(kafka_bootstrap=env["KAFKA_BOOTSTRAP"], topic_prefix=env["POSFLOW_TOPIC_PREFIX"],
+                    app_id=env["POSFLOW_APP_ID"], session_timeout_s=6)
+
+
+def test_sigkill_during_stream_loses_and_doubles_nothing(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**isolated_env, "POSFLOW_SESSION_TIMEOUT_S": "6", "POSFLOW_STALL_S": "12"}
+    settings = _settings(env)
+    create_all(settings)
+    steps = workload.steps(USERS, ROUNDS)
+    total = sum(len(s) for s in steps)
+    assert total >= 50_000
+    workers = [WorkerProcess("streams.worker", port, {**env, "POSFLOW_HOME": str(tmp_path / f"w{port}")},
+                             tmp_path / f"w{port}.log", loglevel="info", supervise=True)
+               for port in (16401, 16402)]
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    print(f"crash test seed {seed}")
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.wait_until("/stats/", lambda s: True, timeout=120)
+        watcher = ResultWatcher(settings)
+        client = CommandClient(settings)
+        kills: list[str] = []
+        stop = threading.Event()
+
+        def killer() -> None:
+            """SIGKILL a random worker at random moments while results flow; its supervisor restarts it."""
+            for _ in range(KILLS):
+                if stop.wait(rng.uniform(2.0, 6.0)):
+                    return
+                victim = rng.choice(workers)
+                done = len(watcher.results)
+                victim.kill()
+                kills.append(f"{victim.web_port} after {done} results")
+
+        chaos = threading.Thread(target=killer, daemon=True)
+        chaos.start()
+        for n, step in enumerate(steps):
+            if n == len(steps) - 1:
+                _await_withdrawals_in_state(workers)
+            client.send_batch(step)
+            client.flush()
+            watcher.wait_for([c.id for c in step], timeout=600)
+        stop.set()
+        chaos.join(60)
+        print("kills:", kills, "exit codes:", {w.web_port: w.exits for w in workers})
+        assert len(kills) == KILLS, f"the run ended before all kills happened: {kills}"
+        _check(settings, watcher, steps, workers)
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _await_withdrawals_in_state(workers: list[WorkerProcess]) -> None:
+    """The chain confirms a withdrawal minutes after it was requested, signed and broadcast; a crash
+    fails over in seconds. A result is visible before its state is stored (outputs first), so a
+    confirmation sent the instant a result arrives could overtake the re-applied request on the other
+    input topic after a crash (a known gap: parking such chain events is the planned fix). Waiting
+    until the state shows the withdrawals plays the chain's part."""
+    want = {f"w{r}" for r in range(3, ROUNDS, 4)}
+    for i in range(USERS):
+        user = workload.user_name(i)
+        workers[i % 2].wait_until(
+            f"/users/{user}/balances",
+            lambda v, u=user: {w.removeprefix(f"{u}-") for w in v.get("withdrawals", {})} >= want, timeout=120)
+
+
+def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], workers: list[WorkerProcess]) -> None:
+    cfg = default_config()
+    # every command answered, and accepted (the workload is valid in the order the client sends it)
+    refused = [r for step in steps for c in step if (r := watcher.results[c.id]).status != "ACCEPTED"]
+    assert not refused, f"{len(refused)} refused, e.g. {refused[:3]}"
+
+    # the ledger: each id has one content; derived balances equal the model
+    contents: dict[str, dict[str, Any]] = {}
+    for *_, value in read_topic(settings, LEDGER.name(settings), timeout=120):
+        line = CODEC.decode_as("LedgerLine", value)
+        seen = contents.setdefault(line["id"], line)
+        assert seen == line, f"ledger id {line['id']} has two contents:\n{seen}\n{line}"
+    derived: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    net: dict[str, int] = defaultdict(int)
+    for line in contents.values():
+        amount = parse_signed(line["amount"], cfg.assets[line["asset"]].scale)
+        net[line["asset"]] += amount
+        if line["user_id"]:
+            derived[(line["user_id"], line["account"], line["asset"], line["bucket"])] += amount
+    assert all(v == 0 for v in net.values()), f"ledger unbalanced: {dict(net)}"
+    want = workload.expected_balances(ROUNDS)
+    for i in range(USERS):
+        user = workload.user_name(i)
+        for (account, asset), (available, frozen) in want.items():
+            assert derived[(user, account, asset, "available")] == available, (user, account, asset)
+            assert derived[(user, account, asset, "frozen")] == frozen, (user, account, asset)
+
+    # the engine's live state, asked through either worker, agrees with the model
+    scale = {a: cfg.assets[a].scale for a in cfg.assets}
+    for i in range(0, USERS, 7):
+        user = workload.user_name(i)
+        view = workers[i % 2].wait_until(f"/users/{user}/balances", lambda v: "balances" in v, timeout=60)
+        got = {(r["account"], r["asset"]): (parse_signed(r["available"], scale[r["asset"]]),
+                                            parse_signed(r["frozen"], scale[r["asset"]])) for r in view["balances"]}
+        assert got == want, f"{user}: engine {got} != model {want}"
