@@ -39,7 +39,7 @@ from streams.output import OutputProducer
 from streams.topics import CHAIN_EVENTS, COMMANDS
 
 TAKE_MAX = 1000  # input records per step
-TAKE_WITHIN_S = 0.005  # a step waits this long at most for TAKE_MAX records
+TAKE_WITHIN_S = 0.01  # a step waits this long at most for TAKE_MAX records
 STATE_CACHE_MAX = 200_000
 EXIT_RESTART = 75  # "temporary failure": the supervisor (Kubernetes, the tests) starts the worker again
 log = logging.getLogger("posflow.engine")
