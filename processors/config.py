@@ -36,7 +36,10 @@ class EngineConfig:
     assets: dict[str, Asset]
     rules: dict[str, AssetRules]
     chains: dict[str, Chain]
-    applied_window: int = 256  # recent input ids per user kept for idempotence (see state.py)
+    # Recent input ids per user, with their results: a client that resends a command id gets the first
+    # answer again. (Redelivery after a crash is caught earlier, by the partition's progress.)
+    applied_window: int = 64
+    closed_withdrawals_kept: int = 32
 
     def valid_account(self, account: str, asset: str) -> bool:
         """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> holding one of its two assets."""

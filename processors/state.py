@@ -13,7 +13,7 @@ from typing import Any, Literal
 from processors.messages import Result
 
 AVAILABLE, FROZEN, BORROWED = 0, 1, 2  # positions in a balance triple
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: applied results stored whole (with user_id)
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -92,6 +92,12 @@ class UserState:
         while len(self.applied) > window:
             del self.applied[next(iter(self.applied))]
 
+    def prune_withdrawals(self, keep_closed: int) -> None:
+        """Finished withdrawals are history (the ledger keeps it); keep the newest few for duplicate ids."""
+        closed = [wid for wid, w in self.withdrawals.items() if w.status not in OPEN_WITHDRAWAL]
+        for wid in closed[: max(0, len(closed) - keep_closed)]:
+            del self.withdrawals[wid]
+
     def check(self) -> None:
         """Invariants that hold between any two inputs (DESIGN §2.3); cheap enough for tests."""
         for key, (available, frozen, borrowed) in self.balances.items():
@@ -123,16 +129,14 @@ class UserState:
                 for k, w in self.withdrawals.items()
             },
             "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
-            "applied": [
-                [r.id, r.ts_ms, r.kind, r.status, r.reason, r.detail, r.ledger_lines] for r in self.applied.values()
-            ],
+            "applied": list(self.applied.values()),  # Results are tuples: JSON arrays as they are
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         doc = json.loads(data)
-        assert doc["v"] == STATE_VERSION, f"state version {doc['v']} is newer than this release reads"
+        assert doc["v"] == STATE_VERSION, f"state version {doc['v']} is not the {STATE_VERSION} this release reads"
         user = doc["user"]
         return cls(
             user_id=user,
@@ -145,5 +149,5 @@ class UserState:
             holds={k: Hold(*v) for k, v in doc["holds"].items()},
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
             deposits={k: Deposit(*v) for k, v in doc["deposits"].items()},
-            applied={r[0]: Result(r[0], r[1], user, r[2], r[3], r[4], r[5], r[6]) for r in doc["applied"]},
+            applied={r[0]: Result(*r) for r in doc["applied"]},
         )

@@ -61,7 +61,7 @@ def approve(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
 def cancel(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
     w = _in(state, body["withdrawal_id"], ("pending_approval", "approved"))
-    return _unfreeze(state, cmd, w, "cancelled")
+    return _pruned(state, cfg, _unfreeze(state, cmd, w, "cancelled"))
 
 
 def broadcast(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
@@ -82,13 +82,14 @@ def confirmed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     if w.fee:
         entry.system("fee_revenue", w.asset, w.fee)
     w.status = "completed"
+    state.prune_withdrawals(cfg.closed_withdrawals_kept)
     return Applied(entry.close())
 
 
 def failed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
     w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
-    return _unfreeze(state, cmd, w, "failed")
+    return _pruned(state, cfg, _unfreeze(state, cmd, w, "failed"))
 
 
 def _in(state: UserState, wid: str, allowed: tuple[WithdrawalStatus, ...]) -> Withdrawal:
@@ -106,6 +107,11 @@ def _unfreeze(state: UserState, cmd: Command, w: Withdrawal, status: WithdrawalS
     entry.user(w.account, w.asset, "available", w.frozen)
     w.status = status
     return Applied(entry.close())
+
+
+def _pruned(state: UserState, cfg: EngineConfig, applied: Applied) -> Applied:
+    state.prune_withdrawals(cfg.closed_withdrawals_kept)
+    return applied
 
 
 def _to_sign(state: UserState, wid: str, w: Withdrawal, ts_ms: int) -> WithdrawalToSign:
