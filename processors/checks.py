@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.config import EngineConfig
+from processors.config import Chain, EngineConfig
 from processors.money import Asset, Rejected, parse_amount
 from processors.reasons import Reason
 from processors.state import UserState
@@ -13,6 +13,17 @@ def asset(cfg: EngineConfig, symbol: str) -> Asset:
     if found is None:
         raise Rejected(Reason.UNKNOWN_ASSET, f"{symbol!r} is not a listed asset")
     return found
+
+
+def chain_asset(cfg: EngineConfig, chain_name: str, symbol: str) -> tuple[Chain, str]:
+    """A supported chain and a listed asset that moves on it."""
+    chain = cfg.chains.get(chain_name)
+    if chain is None:
+        raise Rejected(Reason.UNKNOWN_CHAIN, f"{chain_name!r} is not a supported chain")
+    listed = asset(cfg, symbol).symbol
+    if listed not in chain.assets:
+        raise Rejected(Reason.UNKNOWN_ASSET, f"{listed} does not move on {chain.name}")
+    return chain, listed
 
 
 def amount(cfg: EngineConfig, symbol: str, text: str, *, allow_zero: bool = False) -> int:

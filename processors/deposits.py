@@ -18,12 +18,7 @@ def _validated(cmd: Command, cfg: EngineConfig) -> tuple[str, int]:
     if cmd.id != deposit_id:
         # The id is what makes a re-scanned deposit a duplicate; anything else could credit twice.
         raise Rejected(Reason.BAD_DEPOSIT_ID, f"input id must be {deposit_id}")
-    chain = cfg.chains.get(body["chain"])
-    if chain is None:
-        raise Rejected(Reason.UNKNOWN_CHAIN, f"{body['chain']!r} is not a supported chain")
-    asset = checks.asset(cfg, body["asset"]).symbol
-    if asset not in chain.assets:
-        raise Rejected(Reason.UNKNOWN_ASSET, f"{asset} is not deposited on {chain.name}")
+    _, asset = checks.chain_asset(cfg, body["chain"], body["asset"])
     return asset, checks.amount(cfg, asset, body["amount"])
 
 

@@ -17,12 +17,7 @@ def request(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     wid = checks.present("withdrawal_id", body["withdrawal_id"])
     if wid in state.withdrawals:
         raise Rejected(Reason.DUPLICATE_WITHDRAWAL_ID, f"withdrawal {wid} exists ({state.withdrawals[wid].status})")
-    chain = cfg.chains.get(body["chain"])
-    if chain is None:
-        raise Rejected(Reason.UNKNOWN_CHAIN, f"{body['chain']!r} is not a supported chain")
-    asset = checks.asset(cfg, body["asset"]).symbol
-    if asset not in chain.assets:
-        raise Rejected(Reason.UNKNOWN_ASSET, f"{asset} cannot be withdrawn on {chain.name}")
+    chain, asset = checks.chain_asset(cfg, body["chain"], body["asset"])
     if not chain.valid_address(body["address"]):
         raise Rejected(Reason.BAD_ADDRESS, f"{body['address']!r} is not a {chain.name} address")
     account = checks.account(cfg, body["account"], asset)

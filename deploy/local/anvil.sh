@@ -143,28 +143,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local pid port
-    if is_running anvil; then
-        pid="$(read_pid anvil)"
-        port="$(anvil_running_port)"
-        if anvil_probe "$port" 2>/dev/null; then
-            info "anvil: running, pid $pid, rpc http://127.0.0.1:$port"
-        else
-            info "anvil: running (not answering yet), pid $pid, rpc http://127.0.0.1:$port"
-        fi
-        return 0
-    fi
-    if port_open "$ANVIL_PORT"; then
-        if pid="$(port_pid "$ANVIL_PORT")" && pid_is_ours anvil "$pid"; then
-            write_pid anvil "$pid" # lost pid file: adopt, as start would
-            info "anvil: running, pid $pid, rpc http://127.0.0.1:$ANVIL_PORT"
-            return 0
-        fi
-        info "anvil: stopped, but 127.0.0.1:$ANVIL_PORT is in use by $(describe_port "$ANVIL_PORT")"
-        return 3
-    fi
-    info "anvil: stopped, rpc would be http://127.0.0.1:$ANVIL_PORT"
-    return 3
+    service_status anvil "$ANVIL_PORT" anvil_running_port anvil_probe "rpc http://127.0.0.1:"
 }
 
 case "${1:-}" in

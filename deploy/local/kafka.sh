@@ -231,28 +231,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local pid port
-    if is_running kafka; then
-        pid="$(read_pid kafka)"
-        port="$(kafka_running_port)"
-        if port_open "$port"; then
-            info "kafka: running, pid $pid, bootstrap 127.0.0.1:$port"
-        else
-            info "kafka: running (not answering yet), pid $pid, bootstrap 127.0.0.1:$port"
-        fi
-        return 0
-    fi
-    if port_open "$KAFKA_PORT"; then
-        if pid="$(port_pid "$KAFKA_PORT")" && pid_is_ours kafka "$pid"; then
-            write_pid kafka "$pid" # lost pid file: adopt, as start would
-            info "kafka: running, pid $pid, bootstrap 127.0.0.1:$KAFKA_PORT"
-            return 0
-        fi
-        info "kafka: stopped, but 127.0.0.1:$KAFKA_PORT is in use by $(describe_port "$KAFKA_PORT")"
-        return 3
-    fi
-    info "kafka: stopped, bootstrap would be 127.0.0.1:$KAFKA_PORT"
-    return 3
+    service_status kafka "$KAFKA_PORT" kafka_running_port port_open "bootstrap 127.0.0.1:"
 }
 
 case "${1:-}" in

@@ -220,3 +220,32 @@ show_log_tail() {
 
 # sha256 of a file, for "did the pinned inputs change" markers.
 file_sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# One status line for a service; returns 0 when running and 3 when stopped (the LSB convention).
+# Args: name, configured port, function printing the running instance's port, readiness probe taking
+# a port, and the address prefix to print before the port ("bootstrap 127.0.0.1:").
+service_status() {
+    local name=$1 want_port=$2 running_port_fn=$3 probe_fn=$4 label=$5
+    local pid port
+    if is_running "$name"; then
+        pid="$(read_pid "$name")"
+        port="$("$running_port_fn")"
+        if "$probe_fn" "$port" 2>/dev/null; then
+            info "$name: running, pid $pid, $label$port"
+        else
+            info "$name: running (not answering yet), pid $pid, $label$port"
+        fi
+        return 0
+    fi
+    if port_open "$want_port"; then
+        if pid="$(port_pid "$want_port")" && pid_is_ours "$name" "$pid"; then
+            write_pid "$name" "$pid" # lost pid file: adopt, as start would
+            info "$name: running, pid $pid, $label$want_port"
+            return 0
+        fi
+        info "$name: stopped, but 127.0.0.1:$want_port is in use by $(describe_port "$want_port")"
+        return 3
+    fi
+    info "$name: stopped, $label$want_port when started"
+    return 3
+}
