@@ -25,7 +25,7 @@ async def forward(stream: Any) -> None:
     async for events in stream.take_events(1000, within=0.005):
         if not out:
             out.append(OutputProducer(settings))
-        await out[0].deliver((RESULTS, ev.message.key, ev.message.value) for ev in events)
+        await out[0].deliver((RESULTS, ev.message.key, ev.message.value, -1) for ev in events)
         counts["records"] += len(events)
 
 

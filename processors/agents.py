@@ -65,6 +65,11 @@ class Counters:
     outputs: int = 0
     dead_letters: int = 0
     redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
+    # seconds spent per phase of a step, and waiting for the next poll
+    process_s: float = 0.0
+    deliver_s: float = 0.0
+    store_s: float = 0.0
+    idle_s: float = 0.0
     started: float = time.time()
 
 
@@ -115,7 +120,10 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
 
     @app.agent(inputs)
     async def engine(stream: Any) -> None:
+        t_end = time.perf_counter()
         async for events in stream.take_events(TAKE_MAX, within=TAKE_WITHIN_S):
+            t0 = time.perf_counter()
+            counters.idle_s += t0 - t_end
             marked, reached = in_order(events)
             by_partition = {ev.message.partition: ev for ev in events}
 
@@ -136,7 +144,9 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             )
             if not output:
                 output.append(OutputProducer(settings))
+            t1 = time.perf_counter()
             counters.outputs += await output[0].deliver(step.records)
+            t2 = time.perf_counter()
             if len(cache) > STATE_CACHE_MAX:
                 cache.clear()
             for user, (partition, state) in step.states.items():
@@ -149,6 +159,10 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 _in_partition(by_partition[partition])
                 users[progress_key(topic, partition)] = str(offset).encode()
             processed.update(reached)
+            t_end = time.perf_counter()
+            counters.process_s += t1 - t0
+            counters.deliver_s += t2 - t1
+            counters.store_s += t_end - t2
             counters.steps += 1
             counters.records += len(events)
             counters.commands += step.commands

@@ -35,12 +35,24 @@ class Source:
     replay: bool = False
 
 
+OutRecord = tuple[TopicSpec, bytes | None, bytes, int]  # topic, key, value, partition (-1: by key)
+RESULTS_PER_RECORD = 1000
+LINES_PER_RECORD = 2500  # ~200 bytes each: records stay well under Kafka's 1 MB default
+
+
 @dataclass(slots=True)
 class Step:
-    """What one step produced: records to send (topic, key, value), then states to store."""
+    """What one step produced: records to send, then states to store.
 
-    records: list[tuple[TopicSpec, bytes | None, bytes]] = field(default_factory=list)
+    Results and ledger lines go out as ResultBatch / LedgerBatch records per partition, sent to that
+    partition (DESIGN §9: outputs produced in batches); withdrawals to sign and dead letters singly.
+    """
+
+    records: list[OutRecord] = field(default_factory=list)
     states: dict[str, tuple[int, UserState]] = field(default_factory=dict)  # user -> (partition, state)
+    results: dict[int, list[dict[str, object]]] = field(default_factory=dict)  # partition -> Result records
+    lines: dict[int, list[dict[str, object]]] = field(default_factory=dict)  # partition -> LedgerLine records
+    offsets: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # partition -> (topic, first, last)
     commands: int = 0
     dead_letters: int = 0
     replayed: int = 0
@@ -58,6 +70,8 @@ class BatchProcessor:
     def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader) -> Step:
         step = Step()
         for source, value in inputs:
+            topic, first, _ = step.offsets.get(source.partition, (source.topic, source.offset, 0))
+            step.offsets[source.partition] = (topic, first, source.offset)
             try:
                 name, record = CODEC.decode(value or b"")  # a tombstone (None) is not an input
                 if name == "Command":
@@ -75,7 +89,19 @@ class BatchProcessor:
                     self._restore(step, source.partition, cmd.user_id, load)
                 else:
                     self._apply(step, source.partition, cmd, load)
+        self._batch(step, RESULTS, "ResultBatch", "results", step.results, RESULTS_PER_RECORD)
+        self._batch(step, LEDGER, "LedgerBatch", "lines", step.lines, LINES_PER_RECORD)
         return step
+
+    def _batch(self, step: Step, spec: TopicSpec, message: str, field_name: str,
+               per_partition: dict[int, list[dict[str, object]]], chunk: int) -> None:
+        for partition, items in per_partition.items():
+            topic, first, last = step.offsets[partition]
+            ts = max(int(str(item["ts_ms"])) for item in items)
+            for n, i in enumerate(range(0, len(items), chunk)):
+                record = {"id": f"{topic}/{partition}/{first}-{last}/{n}", "ts_ms": ts, "schema_version": 1,
+                          field_name: items[i : i + chunk]}
+                step.records.append((spec, None, CODEC.encode(message, record), partition))
 
     def _restore(self, step: Step, partition: int, user: str, load: Loader) -> None:
         step.replayed += 1
@@ -91,19 +117,19 @@ class BatchProcessor:
             # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,
                             "user_id must be non-empty printable text", 0)
-            self._emit(step, Outcome(result))
+            self._emit(step, partition, Outcome(result))
             return
         if self._owner(cmd.user_id) != partition:
             # Applying it here would put the user's state on a partition that does not own it.
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_PARTITION.value,
                             f"user belongs to partition {self._owner(cmd.user_id)}, record was on {partition}", 0)
-            self._emit(step, Outcome(result))
+            self._emit(step, partition, Outcome(result))
             return
         held = step.states.get(cmd.user_id)
         state = held[1] if held is not None else load(cmd.user_id, partition)
         state, outcome = apply(state, cmd, self.cfg)
         step.states[cmd.user_id] = (partition, state)
-        self._emit(step, outcome)
+        self._emit(step, partition, outcome)
 
     def _owner(self, user: str) -> int:
         owner = self._partition_of.get(user)
@@ -113,18 +139,19 @@ class BatchProcessor:
                 self._partition_of.clear()
         return owner
 
-    def _emit(self, step: Step, outcome: Outcome) -> None:
-        key = outcome.result.user_id.encode()
-        add = step.records.append
-        add((RESULTS, key, CODEC.encode("Result", result_to_avro(outcome.result))))
-        for line in outcome.lines:
-            add((LEDGER, key, CODEC.encode("LedgerLine", line_to_avro(line, self.cfg))))
+    def _emit(self, step: Step, partition: int, outcome: Outcome) -> None:
+        step.results.setdefault(partition, []).append(result_to_avro(outcome.result))
+        if outcome.lines:
+            lines = step.lines.setdefault(partition, [])
+            for line in outcome.lines:
+                lines.append(line_to_avro(line, self.cfg))
         for event in outcome.events:
-            add((TO_SIGN, key, CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg))))
+            step.records.append((TO_SIGN, event.user_id.encode(),
+                                 CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg)), -1))
 
     def _dead_letter(self, step: Step, source: Source, value: bytes | None, error: str) -> None:
         step.dead_letters += 1
         record = {"id": f"{source.topic}/{source.partition}/{source.offset}", "ts_ms": source.ts_ms,
                   "schema_version": 1, "source_topic": source.topic, "source_partition": source.partition,
                   "source_offset": source.offset, "key": source.key, "value": value, "error": error}
-        step.records.append((DEAD_LETTER, source.key, CODEC.encode("DeadLetter", record)))
+        step.records.append((DEAD_LETTER, source.key, CODEC.encode("DeadLetter", record), -1))

@@ -23,7 +23,8 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
 NAMESPACE = "posflow"
 # The message types that travel on topics; the other .avsc files are their parts.
-MESSAGES = ("Command", "CommandBatch", "Result", "LedgerLine", "WithdrawalToSign", "DeadLetter")
+MESSAGES = ("Command", "CommandBatch", "Result", "LedgerLine", "WithdrawalToSign", "DeadLetter",
+            "ResultBatch", "LedgerBatch")
 
 
 class DecodeError(ValueError):

@@ -22,7 +22,7 @@ from schemas import CODEC
 from streams.config import Settings
 from streams.kafka import consumer_config, producer_config, watermarks
 from streams.partitioner import partition_for
-from streams.topics import CHAIN_EVENTS, COMMANDS, RESULTS
+from streams.topics import CHAIN_EVENTS, COMMANDS, LEDGER, RESULTS
 
 CHAIN_KINDS = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
                          "WithdrawalConfirmed", "WithdrawalFailed"})
@@ -98,10 +98,12 @@ class ResultWatcher:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise RuntimeError(f"reading results: {err}")
-            result = result_from_avro(CODEC.decode_as("Result", msg.value() or b""))
-            self.results.setdefault(result.id, result)
-            self.received.setdefault(result.id, time.monotonic())
-            got += 1
+            now = time.monotonic()
+            for record in results_in(msg.value() or b""):
+                result = result_from_avro(record)
+                self.results.setdefault(result.id, result)
+                self.received.setdefault(result.id, now)
+                got += 1
         return got
 
     def wait_for(self, ids: Sequence[str], timeout: float = 60.0) -> dict[str, Result]:
@@ -141,3 +143,27 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[tu
         return out
     finally:
         consumer.close()
+
+
+def results_in(value: bytes) -> list[dict[str, Any]]:
+    """The Result records of a results-topic record (a ResultBatch, or one Result)."""
+    name, record = CODEC.decode(value)
+    if name == "ResultBatch":
+        return list(record["results"])
+    if name == "Result":
+        return [record]
+    raise ValueError(f"{name} on the results topic")
+
+
+def read_ledger(settings: Settings, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Every ledger line on the ledger topic, in topic order (LedgerBatch records, or single lines)."""
+    lines: list[dict[str, Any]] = []
+    for *_, value in read_topic(settings, LEDGER.name(settings), timeout):
+        name, record = CODEC.decode(value)
+        if name == "LedgerBatch":
+            lines.extend(record["lines"])
+        elif name == "LedgerLine":
+            lines.append(record)
+        else:
+            raise ValueError(f"{name} on the ledger topic")
+    return lines

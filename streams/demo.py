@@ -20,11 +20,11 @@ from processors.config import default_config
 from processors.messages import Command, Result
 from processors.money import format_amount, parse_signed
 from schemas import CODEC
-from streams.client import CommandClient, ResultWatcher, read_topic
+from streams.client import CommandClient, ResultWatcher, read_ledger, read_topic
 from streams.config import REPO_ROOT, Settings
 from streams.partitioner import partition_for
 from streams.table import print_table
-from streams.topics import COMMANDS, DEAD_LETTER, LEDGER, TO_SIGN, create_all
+from streams.topics import COMMANDS, DEAD_LETTER, TO_SIGN, create_all
 from streams.workers import WorkerProcess
 
 ALICE_ETH = "0x" + "a1" * 20
@@ -221,7 +221,7 @@ def _play(settings: Settings, workers: list[WorkerProcess]) -> int:
                      for r in view["balances"]])
 
     _step("the ledger, read back from Kafka")
-    lines = [CODEC.decode_as("LedgerLine", v) for *_, v in read_topic(settings, LEDGER.name(settings))]
+    lines = read_ledger(settings)
     to_sign = read_topic(settings, TO_SIGN.name(settings))
     by_id = {ln["id"]: ln for ln in lines}
     net: dict[str, int] = defaultdict(int)

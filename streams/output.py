@@ -31,13 +31,14 @@ class OutputProducer:
         if err is not None:
             self._errors.append(err)
 
-    def produce(self, records: Iterable[tuple[TopicSpec, bytes | None, bytes]]) -> int:
+    def produce(self, records: Iterable[tuple[TopicSpec, bytes | None, bytes, int]]) -> int:
+        """(topic, key, value, partition); partition -1 lets the key's murmur2 hash choose."""
         n = 0
-        for spec, key, value in records:
+        for spec, key, value, partition in records:
             name = self._names.get(spec) or self._names.setdefault(spec, spec.name(self.settings))
             while True:
                 try:
-                    self._producer.produce(name, value, key, on_delivery=self._on_delivery)
+                    self._producer.produce(name, value, key, partition=partition, on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: let librdkafka send some first
                     self._producer.poll(0.05)
@@ -51,7 +52,7 @@ class OutputProducer:
             errors, self._errors = self._errors, []
             raise DeliveryFailed(f"{left} outputs unsent, errors: {errors[:3]}")
 
-    async def deliver(self, records: Iterable[tuple[TopicSpec, bytes | None, bytes]]) -> int:
+    async def deliver(self, records: Iterable[tuple[TopicSpec, bytes | None, bytes, int]]) -> int:
         n = self.produce(records)
         await asyncio.to_thread(self.flush)  # the event loop keeps heartbeating meanwhile
         return n

@@ -16,10 +16,9 @@ import pytest
 from bench import workload
 from processors.config import default_config
 from processors.money import parse_signed
-from schemas import CODEC
-from streams.client import CommandClient, ResultWatcher, read_topic
+from streams.client import CommandClient, ResultWatcher, read_ledger
 from streams.config import Settings
-from streams.topics import LEDGER, create_all
+from streams.topics import create_all
 from streams.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -107,8 +106,7 @@ def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], w
 
     # the ledger: each id has one content; derived balances equal the model
     contents: dict[str, dict[str, Any]] = {}
-    for *_, value in read_topic(settings, LEDGER.name(settings), timeout=120):
-        line = CODEC.decode_as("LedgerLine", value)
+    for line in read_ledger(settings, timeout=120):
         seen = contents.setdefault(line["id"], line)
         assert seen == line, f"ledger id {line['id']} has two contents:\n{seen}\n{line}"
     derived: dict[tuple[str, str, str, str], int] = defaultdict(int)

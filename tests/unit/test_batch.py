@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from processors.batch import BatchProcessor, Source
+from typing import Any
+
+from processors.batch import BatchProcessor, Source, Step
 from processors.config import default_config
 from processors.messages import Command
 from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
 from streams.partitioner import partition_for
-from streams.topics import DEAD_LETTER, LEDGER, RESULTS
+from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TopicSpec
 
 PARTITIONS = 4
 
@@ -26,6 +28,11 @@ def encoded(cmd: Command) -> bytes:
     return CODEC.encode("Command", command_to_avro(cmd))
 
 
+def batched(step: Step, spec: TopicSpec, message: str, items: str) -> list[tuple[int, dict[str, Any]]]:
+    """(partition, record) for every item in the step's batch records on `spec`."""
+    return [(p, item) for s, _, v, p in step.records if s is spec for item in CODEC.decode_as(message, v)[items]]
+
+
 def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
     user = user_on(1)
     good = encoded(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))
@@ -37,13 +44,13 @@ def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
               (src(1, 4), None), (src(1, 5), good)]
     stored: dict[str, UserState] = {}
     step = BatchProcessor(default_config(), PARTITIONS).run(inputs, lambda u, p: stored.get(u))
-    dead = [CODEC.decode_as("DeadLetter", v) for spec, _, v in step.records if spec is DEAD_LETTER]
+    dead = [CODEC.decode_as("DeadLetter", v) for spec, _, v, _ in step.records if spec is DEAD_LETTER]
     assert [d["source_offset"] for d in dead] == [0, 1, 2, 3, 4]
     assert dead[0]["value"] == b"garbage" and dead[1]["value"] == truncated and dead[4]["value"] is None
     assert [d["error"].split(":")[0] for d in dead] == ["NOT_AVRO", "CORRUPT_BODY", "WRONG_MESSAGE_TYPE",
                                                        "UNKNOWN_SCHEMA", "NOT_AVRO"]
-    results = [CODEC.decode_as("Result", v) for spec, _, v in step.records if spec is RESULTS]
-    assert [(r["id"], r["status"]) for r in results] == [("o", "ACCEPTED")]
+    results = batched(step, RESULTS, "ResultBatch", "results")
+    assert [(p, r["id"], r["status"]) for p, r in results] == [(1, "o", "ACCEPTED")]
     assert step.states[user][1].opened and step.dead_letters == 5
 
 
@@ -52,8 +59,8 @@ def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None
     batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1, "commands": [
         command_to_avro(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))]})
     step = BatchProcessor(default_config(), PARTITIONS).run([(src(0, 0), batch)], lambda u, p: None)
-    (result,) = [CODEC.decode_as("Result", v) for spec, _, v in step.records if spec is RESULTS]
-    assert result["reason"] == "WRONG_PARTITION" and not step.states
+    ((partition, result),) = batched(step, RESULTS, "ResultBatch", "results")
+    assert result["reason"] == "WRONG_PARTITION" and partition == 0 and not step.states
 
 
 def test_batch_applies_in_order_and_emits_ledger_keyed_by_user() -> None:
@@ -67,8 +74,8 @@ def test_batch_applies_in_order_and_emits_ledger_keyed_by_user() -> None:
     batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1,
                                           "commands": [command_to_avro(c) for c in cmds]})
     step = BatchProcessor(default_config(), PARTITIONS).run([(src(3, 0), batch)], lambda u, p: None)
-    lines = [(k, CODEC.decode_as("LedgerLine", v)) for spec, k, v in step.records if spec is LEDGER]
-    assert {k for k, _ in lines} == {user.encode()}
+    lines = batched(step, LEDGER, "LedgerBatch", "lines")
+    assert {p for p, _ in lines} == {3}, "a user's lines go to the user's partition"
     assert [ln["amount"] for _, ln in lines] == ["1.500000000000000000", "-1.500000000000000000",
                                                  "-0.500000000000000000", "0.500000000000000000"]
     assert step.states[user][1].balance("staking", "ETH") == [5 * 10**17, 0, 0]
