@@ -23,6 +23,7 @@ import os
 import time
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import faust
@@ -33,6 +34,7 @@ from processors.batch import BatchProcessor, Source
 from processors.config import EngineConfig
 from processors.money import format_amount
 from processors.state import UserState
+from streams.changelog import ChangelogWriter
 from streams.config import Settings
 from streams.kafka import consumer_config, watermarks
 from streams.output import OutputProducer
@@ -49,6 +51,10 @@ def progress_key(topic: str, partition: int) -> bytes:
     """Lives in the users table (same changelog partition, written after the states it covers).
     User ids cannot start with NUL, so the keys never meet."""
     return f"\x00progress/{topic}/{partition}".encode()
+
+
+def _select(events_by_partition: dict[int, Any], partition: int) -> None:
+    _in_partition(events_by_partition[partition])
 
 
 def _exit_for_restart(reason: str) -> None:
@@ -93,6 +99,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     # (after a recovery or rebalance they differ, and the stored state wins).
     cache: dict[str, tuple[bytes, UserState]] = {}
     output: list[OutputProducer] = []  # created on first use, inside the worker process
+    changelog: list[ChangelogWriter] = []
 
     processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied, this process
 
@@ -144,20 +151,20 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             )
             if not output:
                 output.append(OutputProducer(settings))
+                changelog.append(ChangelogWriter(settings, users))
             t1 = time.perf_counter()
             counters.outputs += await output[0].deliver(step.records)
             t2 = time.perf_counter()
             if len(cache) > STATE_CACHE_MAX:
                 cache.clear()
-            for user, (partition, state) in step.states.items():
-                _in_partition(by_partition[partition])
-                data = state.to_bytes()
-                users[user.encode()] = data
-                cache[user] = (data, state)
+            encoded = {user: state.to_bytes() for user, (_, state) in step.states.items()}
+            entries = [(partition, user.encode(), encoded[user]) for user, (partition, _) in step.states.items()]
             # last: a progress entry in the changelog implies the states written before it
-            for (topic, partition), offset in reached.items():
-                _in_partition(by_partition[partition])
-                users[progress_key(topic, partition)] = str(offset).encode()
+            entries += [(partition, progress_key(topic, partition), str(offset).encode())
+                        for (topic, partition), offset in reached.items()]
+            await changelog[0].write(entries, partial(_select, by_partition))
+            for user, (_, state) in step.states.items():
+                cache[user] = (encoded[user], state)
             processed.update(reached)
             t_end = time.perf_counter()
             counters.process_s += t1 - t0

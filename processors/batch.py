@@ -56,6 +56,7 @@ class Step:
     commands: int = 0
     dead_letters: int = 0
     replayed: int = 0
+    ts_ms: int = 0  # the latest input timestamp of the step: the batch records' time
 
 
 Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
@@ -97,9 +98,8 @@ class BatchProcessor:
                per_partition: dict[int, list[dict[str, object]]], chunk: int) -> None:
         for partition, items in per_partition.items():
             topic, first, last = step.offsets[partition]
-            ts = max(int(str(item["ts_ms"])) for item in items)
             for n, i in enumerate(range(0, len(items), chunk)):
-                record = {"id": f"{topic}/{partition}/{first}-{last}/{n}", "ts_ms": ts, "schema_version": 1,
+                record = {"id": f"{topic}/{partition}/{first}-{last}/{n}", "ts_ms": step.ts_ms, "schema_version": 1,
                           field_name: items[i : i + chunk]}
                 step.records.append((spec, None, CODEC.encode(message, record), partition))
 
@@ -113,6 +113,8 @@ class BatchProcessor:
 
     def _apply(self, step: Step, partition: int, cmd: Command, load: Loader) -> None:
         step.commands += 1
+        if cmd.ts_ms > step.ts_ms:
+            step.ts_ms = cmd.ts_ms
         if not cmd.user_id or not cmd.user_id.isprintable():
             # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypedDict
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """One input for one user. `kind` is the Avro body type's short name; `body` its fields."""
 
     id: str
