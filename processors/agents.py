@@ -1,7 +1,8 @@
 """The Faust shell around the core: one agent over the input topics, one changelog table of user
 states, and the web view that answers balance queries from the worker that owns the user.
 
-Per poll (`take_events`): decode and apply everything (processors.batch), send the outputs and wait
+Per step (a poll of `take_events`, cut into runs of at most STEP_BYTES of input): decode and apply
+everything (processors.batch), send the outputs and wait
 for their acknowledgement, then store the touched user states, then the partition's progress (the
 last input offset applied). Faust acks the events only after the loop body returns and flushes the
 table's changelog before committing offsets, so after a crash either the state is unchanged (the
@@ -40,8 +41,9 @@ from streams.kafka import consumer_config, watermarks
 from streams.output import OutputProducer
 from streams.topics import CHAIN_EVENTS, COMMANDS
 
-TAKE_MAX = 1000  # input records per step
+TAKE_MAX = 1000  # input records per poll
 TAKE_WITHIN_S = 0.01  # a step waits this long at most for TAKE_MAX records
+STEP_BYTES = 1024 * 1024  # input bytes per step (~10,000 commands): bounds how long a command waits
 STATE_CACHE_MAX = 200_000
 EXIT_RESTART = 75  # "temporary failure": the supervisor (Kubernetes, the tests) starts the worker again
 log = logging.getLogger("posflow.engine")
@@ -51,6 +53,20 @@ def progress_key(topic: str, partition: int) -> bytes:
     """Lives in the users table (same changelog partition, written after the states it covers).
     User ids cannot start with NUL, so the keys never meet."""
     return f"\x00progress/{topic}/{partition}".encode()
+
+
+def _by_size(events: list[Any], limit: int) -> list[list[Any]]:
+    """Consecutive runs of events of at most `limit` value bytes (at least one event each)."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for ev in events:
+        n = len(ev.message.value or b"")
+        if chunks[-1] and size + n > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(ev)
+        size += n
+    return chunks
 
 
 def _select(events_by_partition: dict[int, Any], partition: int) -> None:
@@ -125,56 +141,62 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             marked.append((ev, False))
         return marked, {tp: done for tp, done in progress.items() if done is not None}
 
+    async def step(events: list[Any]) -> None:
+        """One step: apply, send the outputs, then store states and progress."""
+        t0 = time.perf_counter()
+        marked, reached = in_order(events)
+        by_partition = {ev.message.partition: ev for ev in events}
+
+        def load(user: str, partition: int, by_partition: dict[int, Any] = by_partition) -> UserState | None:
+            _in_partition(by_partition[partition])
+            raw = users.get(user.encode())
+            if raw is None:
+                return None
+            # Taken out while the step mutates it: if the step is interrupted before the store,
+            # the next load decodes the stored bytes instead of a half-stepped object.
+            hit = cache.pop(user, None)
+            return hit[1] if hit is not None and hit[0] == raw else UserState.from_bytes(raw)
+
+        done = processor.run(
+            ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
+                     int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
+            load,
+        )
+        if not output:
+            output.append(OutputProducer(settings))
+            changelog.append(ChangelogWriter(settings, users))
+        t1 = time.perf_counter()
+        counters.outputs += await output[0].deliver(done.records)
+        t2 = time.perf_counter()
+        if len(cache) > STATE_CACHE_MAX:
+            cache.clear()
+        encoded = {user: state.to_bytes() for user, (_, state) in done.states.items()}
+        entries = [(partition, user.encode(), encoded[user]) for user, (partition, _) in done.states.items()]
+        # last: a progress entry in the changelog implies the states written before it
+        entries += [(partition, progress_key(topic, partition), str(offset).encode())
+                    for (topic, partition), offset in reached.items()]
+        await changelog[0].write(entries, partial(_select, by_partition))
+        for user, (_, state) in done.states.items():
+            cache[user] = (encoded[user], state)
+        processed.update(reached)
+        t_end = time.perf_counter()
+        counters.process_s += t1 - t0
+        counters.deliver_s += t2 - t1
+        counters.store_s += t_end - t2
+        counters.steps += 1
+        counters.records += len(events)
+        counters.commands += done.commands
+        counters.dead_letters += done.dead_letters
+        counters.redelivered += done.replayed
+
     @app.agent(inputs)
     async def engine(stream: Any) -> None:
-        t_end = time.perf_counter()
+        idle_from = time.perf_counter()
         async for events in stream.take_events(TAKE_MAX, within=TAKE_WITHIN_S):
-            t0 = time.perf_counter()
-            counters.idle_s += t0 - t_end
-            marked, reached = in_order(events)
-            by_partition = {ev.message.partition: ev for ev in events}
-
-            def load(user: str, partition: int, by_partition: dict[int, Any] = by_partition) -> UserState | None:
-                _in_partition(by_partition[partition])
-                raw = users.get(user.encode())
-                if raw is None:
-                    return None
-                # Taken out while the step mutates it: if the step is interrupted before the store,
-                # the next load decodes the stored bytes instead of a half-stepped object.
-                hit = cache.pop(user, None)
-                return hit[1] if hit is not None and hit[0] == raw else UserState.from_bytes(raw)
-
-            step = processor.run(
-                ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                         int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
-                load,
-            )
-            if not output:
-                output.append(OutputProducer(settings))
-                changelog.append(ChangelogWriter(settings, users))
-            t1 = time.perf_counter()
-            counters.outputs += await output[0].deliver(step.records)
-            t2 = time.perf_counter()
-            if len(cache) > STATE_CACHE_MAX:
-                cache.clear()
-            encoded = {user: state.to_bytes() for user, (_, state) in step.states.items()}
-            entries = [(partition, user.encode(), encoded[user]) for user, (partition, _) in step.states.items()]
-            # last: a progress entry in the changelog implies the states written before it
-            entries += [(partition, progress_key(topic, partition), str(offset).encode())
-                        for (topic, partition), offset in reached.items()]
-            await changelog[0].write(entries, partial(_select, by_partition))
-            for user, (_, state) in step.states.items():
-                cache[user] = (encoded[user], state)
-            processed.update(reached)
-            t_end = time.perf_counter()
-            counters.process_s += t1 - t0
-            counters.deliver_s += t2 - t1
-            counters.store_s += t_end - t2
-            counters.steps += 1
-            counters.records += len(events)
-            counters.commands += step.commands
-            counters.dead_letters += step.dead_letters
-            counters.redelivered += step.replayed
+            counters.idle_s += time.perf_counter() - idle_from
+            for chunk in _by_size(events, STEP_BYTES):
+                await step(chunk)
+            idle_from = time.perf_counter()
 
     stalled: dict[tuple[str, int], tuple[int | None, float]] = {}
     watermark_reader: list[Any] = []
