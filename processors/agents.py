@@ -42,7 +42,7 @@ from streams.output import OutputProducer
 from streams.topics import CHAIN_EVENTS, COMMANDS
 
 TAKE_MAX = 1000  # input records per poll
-TAKE_WITHIN_S = 0.01  # a step waits this long at most for TAKE_MAX records
+TAKE_WITHIN_S = 0.01  # a poll waits this long at most for TAKE_MAX records
 STEP_BYTES = 1024 * 1024  # input bytes per step (~10,000 commands): bounds how long a command waits
 STATE_CACHE_MAX = 200_000
 EXIT_RESTART = 75  # "temporary failure": the supervisor (Kubernetes, the tests) starts the worker again
