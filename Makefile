@@ -43,7 +43,7 @@ unit: $(STAMP)
 
 # The test fixtures start what the tests need (and stop it) unless it already runs.
 test: lint
-	@deploy/local/kafka.sh fetch >/dev/null && deploy/local/anvil.sh install >/dev/null
+	@deploy/local/kafka.sh fetch && deploy/local/anvil.sh install
 	$(PY) -m pytest tests
 
 demo: $(STAMP)
