@@ -40,6 +40,7 @@ class EngineConfig:
     # answer again. (Redelivery after a crash is caught earlier, by the partition's progress.)
     applied_window: int = 64
     closed_withdrawals_kept: int = 32
+    parked_max: int = 16  # chain events waiting for their withdrawal, per user
 
     def valid_account(self, account: str, asset: str) -> bool:
         """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> holding one of its two assets."""

@@ -40,3 +40,4 @@ class Reason(StrEnum):
     ALREADY_APPROVED = "ALREADY_APPROVED"  # the same approver twice
     # flags on accepted inputs
     REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen
+    PARKED = "PARKED"  # a chain event for a withdrawal not known yet: applied when the withdrawal appears

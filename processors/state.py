@@ -13,7 +13,7 @@ from typing import Any, Literal
 from processors.messages import Result
 
 AVAILABLE, FROZEN, BORROWED = 0, 1, 2  # positions in a balance triple
-STATE_VERSION = 2  # 2: applied results stored whole (with user_id)
+STATE_VERSION = 3  # 2: applied results stored whole (with user_id); 3: parked chain events
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -72,6 +72,8 @@ class UserState:
     holds: dict[str, Hold] = field(default_factory=dict)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
     deposits: dict[str, Deposit] = field(default_factory=dict)
+    # withdrawal id -> chain events that arrived before the withdrawal: [input id, ts_ms, kind, body]
+    parked: dict[str, list[list[Any]]] = field(default_factory=dict)
     # input id -> its result, the most recent `EngineConfig.applied_window` inputs, oldest first
     applied: dict[str, Result] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
@@ -129,6 +131,7 @@ class UserState:
                 for k, w in self.withdrawals.items()
             },
             "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
+            "parked": self.parked,
             "applied": list(self.applied.values()),  # Results are tuples: JSON arrays as they are
         }
         return json.dumps(doc, separators=(",", ":")).encode()
@@ -149,5 +152,6 @@ class UserState:
             holds={k: Hold(*v) for k, v in doc["holds"].items()},
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
             deposits={k: Deposit(*v) for k, v in doc["deposits"].items()},
+            parked=doc["parked"],
             applied={r[0]: Result(*r) for r in doc["applied"]},
         )

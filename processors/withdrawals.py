@@ -1,4 +1,10 @@
-"""Withdrawals: request (checks, freeze), approval by tier, broadcast, and the chain's verdict."""
+"""Withdrawals: request (checks, freeze), approval by tier, broadcast, and the chain's verdict.
+
+Chain events travel on their own topic, so one can overtake the request it concerns (after a crash,
+the request is re-applied while the chain's event is already there). A chain event for a withdrawal
+the user does not have yet is parked, and applied, in arrival order, as soon as a request or an
+approval makes it applicable.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,14 @@ from processors import checks
 from processors.applied import Applied
 from processors.config import EngineConfig
 from processors.ledger import Entry
-from processors.messages import Command, WithdrawalApprove, WithdrawalRef, WithdrawalRequest, WithdrawalToSign
+from processors.messages import (
+    Command,
+    LedgerLine,
+    WithdrawalApprove,
+    WithdrawalRef,
+    WithdrawalRequest,
+    WithdrawalToSign,
+)
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import UserState, Withdrawal, WithdrawalStatus
@@ -37,7 +50,8 @@ def request(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     entry.user(account, asset, "frozen", w.frozen)
     state.withdrawals[wid] = w
     events = (_to_sign(state, wid, w, cmd.ts_ms),) if required == 0 else ()
-    return Applied(entry.close(), events, detail=f"needs {required} approval(s)")
+    lines = entry.close() + _release_parked(state, wid, cfg)
+    return Applied(lines, events, detail=f"needs {required} approval(s)")
 
 
 def approve(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
@@ -50,7 +64,8 @@ def approve(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     if len(w.approvals) < w.required_approvals:
         return Applied(detail=f"{len(w.approvals)} of {w.required_approvals} approvals")
     w.status = "approved"
-    return Applied(events=(_to_sign(state, body["withdrawal_id"], w, cmd.ts_ms),))
+    lines = _release_parked(state, body["withdrawal_id"], cfg)
+    return Applied(lines, events=(_to_sign(state, body["withdrawal_id"], w, cmd.ts_ms),))
 
 
 def cancel(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
@@ -61,6 +76,8 @@ def cancel(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
 
 def broadcast(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    if body["withdrawal_id"] not in state.withdrawals:
+        return _park(state, cmd, cfg)
     w = _in(state, body["withdrawal_id"], ("approved",))
     w.status = "broadcast"
     w.tx_hash = str(cmd.body.get("tx_hash", ""))
@@ -70,6 +87,8 @@ def broadcast(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
 def confirmed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     """The coins left: consume the frozen amount + fee; custody pays out, revenue keeps the fee."""
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    if body["withdrawal_id"] not in state.withdrawals:
+        return _park(state, cmd, cfg)
     w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
     entry = Entry(state, cmd.id, "WITHDRAWAL", cmd.ts_ms)
     entry.user(w.account, w.asset, "frozen", -w.frozen)
@@ -83,8 +102,39 @@ def confirmed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
 
 def failed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
+    if body["withdrawal_id"] not in state.withdrawals:
+        return _park(state, cmd, cfg)
     w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
     return _pruned(state, cfg, _unfreeze(state, cmd, w, "failed"))
+
+
+def _park(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+    wid = checks.present("withdrawal_id", cmd.body["withdrawal_id"])
+    if sum(len(v) for v in state.parked.values()) >= cfg.parked_max:
+        raise Rejected(Reason.UNKNOWN_WITHDRAWAL, f"no withdrawal {wid} for this user (and {cfg.parked_max} "
+                                                  "chain events already wait for theirs)")
+    state.parked.setdefault(wid, []).append([cmd.id, cmd.ts_ms, cmd.kind, dict(cmd.body)])
+    return Applied(flag=Reason.PARKED, detail=f"no withdrawal {wid} yet: applied when it appears")
+
+
+CHAIN_STEPS = {"WithdrawalBroadcast": broadcast, "WithdrawalConfirmed": confirmed, "WithdrawalFailed": failed}
+
+
+def _release_parked(state: UserState, wid: str, cfg: EngineConfig) -> tuple[LedgerLine, ...]:
+    """Apply the chain events parked for `wid`, oldest first, while they apply; the rest keep waiting."""
+    waiting = state.parked.get(wid)
+    lines: tuple[LedgerLine, ...] = ()
+    while waiting:
+        cmd_id, ts_ms, kind, body = waiting[0]
+        try:
+            applied = CHAIN_STEPS[kind](state, Command(cmd_id, ts_ms, state.user_id, kind, body), cfg)
+        except Rejected:
+            break  # not applicable yet (e.g. the withdrawal awaits approval)
+        lines += applied.lines
+        waiting.pop(0)
+    if not waiting:
+        state.parked.pop(wid, None)
+    return lines
 
 
 def _in(state: UserState, wid: str, allowed: tuple[WithdrawalStatus, ...]) -> Withdrawal:

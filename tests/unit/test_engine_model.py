@@ -46,7 +46,15 @@ class ModelUser:
     holds: dict[str, list[object]] = field(default_factory=dict)  # oid -> [account, asset, remaining]
     wds: dict[str, dict[str, object]] = field(default_factory=dict)
     deps: dict[str, list[object]] = field(default_factory=dict)  # id -> [account, asset, amount, status]
+    parked: dict[str, list[str]] = field(default_factory=dict)  # withdrawal id -> chain steps waiting for it
     frozen: bool = False
+
+
+STEP_KIND = {"cancel": "WithdrawalCancel", "broadcast": "WithdrawalBroadcast", "confirm": "WithdrawalConfirmed",
+             "fail": "WithdrawalFailed"}
+STEP_ALLOWED = {"cancel": ("pending_approval", "approved"), "broadcast": ("approved",),
+                "confirm": ("approved", "broadcast"), "fail": ("approved", "broadcast")}
+
 
 
 def amount_text(asset: str, minor: int) -> str:
@@ -239,6 +247,7 @@ class EngineMachine(RuleBasedStateMachine):
             m.bal[("spot", asset, "frozen")] += amount + fee
             m.wds[f"w{wid}"] = {"asset": asset, "total": amount + fee, "need": need, "approvers": set(),
                                 "status": "approved" if need == 0 else "pending_approval"}
+            self._release(m, f"w{wid}")
 
     def _pick(self, user: str, pick: int, what: str) -> tuple[str, str]:
         """Mostly an existing hold / withdrawal of any user; sometimes an id that does not exist."""
@@ -262,12 +271,12 @@ class EngineMachine(RuleBasedStateMachine):
             approvers.add(approver)
             if len(approvers) >= w["need"]:  # type: ignore[operator]
                 w["status"] = "approved"
+                assert m is not None
+                self._release(m, wid)
 
     @rule(user=users, pick=st.integers(0, 100), what=st.sampled_from(["cancel", "broadcast", "confirm", "fail"]))
     def withdrawal_step(self, user: str, pick: int, what: str) -> None:
         user, wid = self._pick(user, pick, "w")
-        kind = {"cancel": "WithdrawalCancel", "broadcast": "WithdrawalBroadcast",
-                "confirm": "WithdrawalConfirmed", "fail": "WithdrawalFailed"}[what]
         body: dict[str, object] = {"withdrawal_id": wid}
         if what == "cancel":
             body["reason"] = "user"
@@ -275,14 +284,21 @@ class EngineMachine(RuleBasedStateMachine):
             body["reason"] = "dropped"
         else:
             body["tx_hash"] = "0x" + "cd" * 32
-        r = self.send(user, kind, body)
+        r = self.send(user, STEP_KIND[what], body)
         m = self.user(user)
         w = m.wds.get(wid) if m else None
-        allowed = {"cancel": ("pending_approval", "approved"), "broadcast": ("approved",),
-                   "confirm": ("approved", "broadcast"), "fail": ("approved", "broadcast")}[what]
-        if not self.expect(r, w is not None and w["status"] in allowed):
+        if m is not None and w is None and what != "cancel":
+            # a chain event ahead of its withdrawal waits for it, up to a bound
+            room = sum(len(v) for v in m.parked.values()) < CFG.parked_max
+            if self.expect(r, room, "PARKED" if room else "UNKNOWN_WITHDRAWAL"):
+                m.parked.setdefault(wid, []).append(what)
+            return
+        if not self.expect(r, w is not None and w["status"] in STEP_ALLOWED[what]):
             return
         assert m is not None and w is not None
+        self._step(m, w, what)
+
+    def _step(self, m: ModelUser, w: dict[str, object], what: str) -> None:
         asset, total = str(w["asset"]), w["total"]
         assert isinstance(total, int)
         if what in ("cancel", "fail"):
@@ -291,6 +307,14 @@ class EngineMachine(RuleBasedStateMachine):
         elif what == "confirm":
             m.bal[("spot", asset, "frozen")] -= total
         w["status"] = {"cancel": "cancelled", "broadcast": "broadcast", "confirm": "completed", "fail": "failed"}[what]
+
+    def _release(self, m: ModelUser, wid: str) -> None:
+        """Parked chain steps apply in arrival order once the withdrawal allows them."""
+        waiting = m.parked.get(wid, [])
+        while waiting and m.wds[wid]["status"] in STEP_ALLOWED[waiting[0]]:
+            self._step(m, m.wds[wid], waiting.pop(0))
+        if not waiting:
+            m.parked.pop(wid, None)
 
     @rule(user=users, bad=st.sampled_from(["1.0000001", "-5", "0", "abc", "1e5", "9" * 39, "", " 1", "1.", "１"]))
     def invalid_amount(self, user: str, bad: str) -> None:
@@ -358,6 +382,8 @@ class EngineMachine(RuleBasedStateMachine):
             assert got == {k: v for k, v in m.bal.items() if v}, f"{user}: engine {got} != model {dict(m.bal)}"
             assert {k: h.remaining for k, h in state.holds.items()} == {k: h[2] for k, h in m.holds.items()}
             assert {k: w.status for k, w in state.withdrawals.items()} == {k: w["status"] for k, w in m.wds.items()}
+            assert {k: [e[2] for e in v] for k, v in state.parked.items()} == {
+                k: [STEP_KIND[s] for s in v] for k, v in m.parked.items()}
             assert UserState.from_bytes(state.to_bytes()) == state
 
 

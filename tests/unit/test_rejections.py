@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -63,7 +64,7 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("withdraw fee too low", "WithdrawalRequest", wd(fee="0.5"), "BAD_FEE"),
     ("withdraw more than available", "WithdrawalRequest", wd(amount="90"), "INSUFFICIENT_FUNDS"),
     ("approve unknown", "WithdrawalApprove", {"withdrawal_id": "w9", "approver": "ops"}, "UNKNOWN_WITHDRAWAL"),
-    ("confirm unknown", "WithdrawalConfirmed", {"withdrawal_id": "w9", "tx_hash": "0x"}, "UNKNOWN_WITHDRAWAL"),
+    ("cancel unknown", "WithdrawalCancel", {"withdrawal_id": "w9", "reason": ""}, "UNKNOWN_WITHDRAWAL"),
     ("revert unknown deposit", "DepositReverted", {"deposit_id": "ethereum:0x99:0", "reason": "reorg"},
      "UNKNOWN_DEPOSIT"),
     ("open twice", "OpenAccount", {"kyc_tier": 1, "region": "DE"}, "USER_EXISTS"),
@@ -118,3 +119,37 @@ def test_applied_window_is_bounded() -> None:
         state, _ = apply(state, Command(f"r{i}", 100 + i, "u", "OrderRelease", {"order_id": "x", "amount": None}), CFG)
     assert len(state.applied) == CFG.applied_window
     assert "r0" not in state.applied and f"r{CFG.applied_window + 49}" in state.applied
+
+
+def test_chain_event_ahead_of_its_withdrawal_waits_for_it() -> None:
+    """After a crash the request is re-applied from the commands topic while the chain's confirmation,
+    on its own topic, may already be there: it is parked and applied when the withdrawal appears."""
+    state = funded()
+    state, out = apply(state, Command("c1", 20, "u", "WithdrawalConfirmed", {"withdrawal_id": "w1", "tx_hash": "0x"}),
+                       CFG)
+    assert (out.result.status, out.result.reason, out.lines) == ("ACCEPTED", "PARKED", ())
+    state, out = apply(state, Command("r1", 21, "u", "WithdrawalRequest", wd()), CFG)
+    assert out.result.status == "ACCEPTED"
+    assert [ln.entry_type for ln in out.lines] == ["WITHDRAWAL_FREEZE"] * 2 + ["WITHDRAWAL"] * 3
+    assert {ln.entry_id for ln in out.lines if ln.entry_type == "WITHDRAWAL"} == {"c1"}
+    assert state.withdrawals["w1"].status == "completed" and not state.parked
+    assert state.balance("spot", "USDT") == [69_000_000, 10_000_000, 0]  # 100 - 21 - 10 held by o1
+    state.check()
+
+
+def test_parked_events_wait_for_approval_and_are_bounded() -> None:
+    usdt = dataclasses.replace(CFG.rules["USDT"], auto_approve_below=1_000_000)  # 1 USDT: 50 needs an approver
+    cfg = dataclasses.replace(CFG, rules={**CFG.rules, "USDT": usdt})
+    state = funded()
+    for i in range(cfg.parked_max):
+        state, out = apply(state, Command(f"b{i}", 30 + i, "u", "WithdrawalBroadcast",
+                                          {"withdrawal_id": f"x{i}", "tx_hash": "0x"}), cfg)
+        assert out.result.reason == "PARKED"
+    state, out = apply(state, Command("late", 99, "u", "WithdrawalBroadcast", {"withdrawal_id": "y", "tx_hash": "0x"}),
+                       cfg)
+    assert (out.result.status, out.result.reason) == ("REJECTED", "UNKNOWN_WITHDRAWAL")
+    state, _ = apply(state, Command("r", 100, "u", "WithdrawalRequest", wd(withdrawal_id="x0", amount="50")), cfg)
+    assert state.withdrawals["x0"].status == "pending_approval" and "x0" in state.parked, "waits for approval"
+    state, _ = apply(state, Command("a", 101, "u", "WithdrawalApprove", {"withdrawal_id": "x0", "approver": "ops"}),
+                     cfg)
+    assert state.withdrawals["x0"].status == "broadcast" and "x0" not in state.parked
