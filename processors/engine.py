@@ -38,7 +38,6 @@ HANDLERS: dict[str, Handler] = {
 # A risk freeze stops the user from adding exposure or moving money out; the chain and the matching
 # engine still report what already happened, and the user may still reduce what is held.
 BLOCKED_WHEN_FROZEN = frozenset({"OrderHold", "Transfer", "WithdrawalRequest", "WithdrawalApprove"})
-KINDS = frozenset(HANDLERS) | {"OpenAccount"}
 
 
 def apply(state: UserState | None, cmd: Command, cfg: EngineConfig) -> tuple[UserState, Outcome]:

@@ -71,7 +71,7 @@ def approve(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
 def cancel(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
     w = _in(state, body["withdrawal_id"], ("pending_approval", "approved"))
-    return _pruned(state, cfg, _unfreeze(state, cmd, w, "cancelled"))
+    return _unfreeze(state, cmd, cfg, w, "cancelled")
 
 
 def broadcast(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
@@ -95,8 +95,7 @@ def confirmed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     entry.system(f"custody:{w.chain}", w.asset, w.amount)
     if w.fee:
         entry.system("fee_revenue", w.asset, w.fee)
-    w.status = "completed"
-    state.prune_withdrawals(cfg.closed_withdrawals_kept)
+    _finish(state, cfg, w, "completed")
     return Applied(entry.close())
 
 
@@ -105,7 +104,7 @@ def failed(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     if body["withdrawal_id"] not in state.withdrawals:
         return _park(state, cmd, cfg)
     w = _in(state, body["withdrawal_id"], ("approved", "broadcast"))
-    return _pruned(state, cfg, _unfreeze(state, cmd, w, "failed"))
+    return _unfreeze(state, cmd, cfg, w, "failed")
 
 
 def _park(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
@@ -146,17 +145,18 @@ def _in(state: UserState, wid: str, allowed: tuple[WithdrawalStatus, ...]) -> Wi
     return w
 
 
-def _unfreeze(state: UserState, cmd: Command, w: Withdrawal, status: WithdrawalStatus) -> Applied:
+def _unfreeze(state: UserState, cmd: Command, cfg: EngineConfig, w: Withdrawal, status: WithdrawalStatus) -> Applied:
     entry = Entry(state, cmd.id, "WITHDRAWAL_RETURN", cmd.ts_ms)
     entry.user(w.account, w.asset, "frozen", -w.frozen)
     entry.user(w.account, w.asset, "available", w.frozen)
-    w.status = status
+    _finish(state, cfg, w, status)
     return Applied(entry.close())
 
 
-def _pruned(state: UserState, cfg: EngineConfig, applied: Applied) -> Applied:
+def _finish(state: UserState, cfg: EngineConfig, w: Withdrawal, status: WithdrawalStatus) -> None:
+    """The one way a withdrawal ends: its final status, then old finished ones are let go."""
+    w.status = status
     state.prune_withdrawals(cfg.closed_withdrawals_kept)
-    return applied
 
 
 def _to_sign(state: UserState, wid: str, w: Withdrawal, ts_ms: int) -> WithdrawalToSign:

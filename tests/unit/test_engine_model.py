@@ -357,13 +357,10 @@ class EngineMachine(RuleBasedStateMachine):
     def ledger_balances_and_matches_state(self) -> None:
         per_asset: dict[str, int] = defaultdict(int)
         derived: dict[tuple[str, str, str, str], int] = defaultdict(int)
-        clearing: dict[str, int] = defaultdict(int)
         for line in self.lines.values():
             per_asset[line.asset] += line.amount
             if line.user_id:
                 derived[(line.user_id, line.account, line.asset, line.bucket)] += line.amount
-            elif line.account == "sys:clearing":
-                clearing[line.asset] += line.amount
         assert all(v == 0 for v in per_asset.values()), f"ledger unbalanced: {dict(per_asset)}"
         for user in USERS:
             state, m = self.states[user], self.model[user]
