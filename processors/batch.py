@@ -15,7 +15,7 @@ from processors.engine import apply
 from processors.messages import Command, Outcome, Result
 from processors.reasons import Reason
 from processors.state import UserState
-from processors.wire import command_from_avro, line_to_avro, result_to_avro, to_sign_to_avro
+from processors.wire import command_from_avro, dead_letter_to_avro, line_to_avro, result_to_avro, to_sign_to_avro
 from schemas import CODEC, DecodeError
 from streams.partitioner import partition_for
 from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TO_SIGN, TopicSpec
@@ -153,7 +153,6 @@ class BatchProcessor:
 
     def _dead_letter(self, step: Step, source: Source, value: bytes | None, error: str) -> None:
         step.dead_letters += 1
-        record = {"id": f"{source.topic}/{source.partition}/{source.offset}", "ts_ms": source.ts_ms,
-                  "schema_version": 1, "source_topic": source.topic, "source_partition": source.partition,
-                  "source_offset": source.offset, "key": source.key, "value": value, "error": error}
+        record = dead_letter_to_avro(source.topic, source.partition, source.offset, source.ts_ms, source.key, value,
+                                     error)
         step.records.append((DEAD_LETTER, source.key, CODEC.encode("DeadLetter", record), -1))

@@ -52,3 +52,11 @@ def to_sign_to_avro(ev: WithdrawalToSign, cfg: EngineConfig) -> dict[str, Any]:
     return {"id": ev.id, "ts_ms": ev.ts_ms, "schema_version": SCHEMA_VERSION, "user_id": ev.user_id,
             "chain": ev.chain, "asset": ev.asset, "amount": format_amount(ev.amount, cfg.assets[ev.asset].scale),
             "address": ev.address}
+
+
+def dead_letter_to_avro(topic: str, partition: int, offset: int, ts_ms: int, key: bytes | None, value: bytes | None,
+                        error: str) -> dict[str, Any]:
+    """A record that could not be used, with its original bytes; the id is its position, so a retry repeats it."""
+    return {"id": f"{topic}/{partition}/{offset}", "ts_ms": ts_ms, "schema_version": SCHEMA_VERSION,
+            "source_topic": topic, "source_partition": partition, "source_offset": offset, "key": key,
+            "value": value, "error": error}

@@ -69,6 +69,10 @@ class Codec:
     def schema(self, name: str) -> Any:
         return self._current[name][1]
 
+    def header(self, name: str) -> bytes:
+        """The 10 bytes every message of `name` in the current schema starts with."""
+        return self._writers[name][0]
+
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         header, write = self._writers[name]
         return header + write(record)

@@ -8,9 +8,13 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 from streams.config import Settings
 from streams.table import print_table
+
+if TYPE_CHECKING:
+    from sinks.store import Store
 
 
 def _get(url: str) -> dict[str, object]:
@@ -49,6 +53,105 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, argv)
 
 
+def _open_store(settings: Settings) -> Store | None:
+    """The configured ClickHouse with its migrations applied, or None after saying what to do."""
+    from sinks.migrations import migrate
+    from sinks.store import StoreUnavailable, open_store
+
+    try:
+        store = open_store(settings)
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    migrate(store)
+    return store
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from sinks.http import ClickHouseHTTPServer
+    from sinks.sink import Counters, Sink
+    from sinks.store import ChdbStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+    store = _open_store(settings)
+    if store is None:
+        return 2
+    server = None
+    if isinstance(store, ChdbStore) and args.http_port:
+        try:
+            server = ClickHouseHTTPServer(store, args.http_port).start()
+        except OSError as exc:
+            print(f"error: cannot serve ClickHouse HTTP on 127.0.0.1:{args.http_port} ({exc}); "
+                  "pick another port with --http-port or POSFLOW_CLICKHOUSE_HTTP_PORT (0 turns it off)",
+                  file=sys.stderr)
+            return 2
+    sink = Sink(settings, store)
+    signal.signal(signal.SIGTERM, lambda *_: sink.stop())
+    signal.signal(signal.SIGINT, lambda *_: sink.stop())
+    where = f"{store.where}" + (f", served at {server.url} (CLICKHOUSE_URL for posflow sql)" if server else "")
+    print(f"sink: {settings.kafka_bootstrap} -> ClickHouse {where}; Ctrl-C stops after landing what it holds",
+          flush=True)
+
+    def progress(c: Counters) -> None:
+        tables = ", ".join(f"{t} {n}" for t, n in sorted(c.per_table.items()))
+        print(f"sink: {c.records} records read, {c.inserts} inserts ({tables}), "
+              f"{c.dead_letters} dead letters, {c.retries} retries", flush=True)
+
+    counters = sink.run(progress=progress)
+    progress(counters)
+    if server is not None:
+        server.stop()
+    store.close()
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from sinks.store import StoreRejected
+
+    store = _open_store(Settings())
+    if store is None:
+        return 2
+    try:
+        rows = store.query(args.query)
+    except StoreRejected as exc:
+        print(f"error: ClickHouse refused the query: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print_table(rows.columns, rows.rows)
+    print(f"({len(rows.rows)} rows)")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from sinks.reconcile import print_report, read_engine_state, reconcile, wait_for_sink
+
+    settings = Settings()
+    try:
+        lag = wait_for_sink(settings, args.wait)
+        engine = read_engine_state(settings)
+    except (KafkaException, TimeoutError) as exc:
+        print(f"error: cannot read the engine's state from Kafka at {settings.kafka_bootstrap} ({exc}); "
+              "start the stack with `make up`", file=sys.stderr)
+        return 2
+    store = _open_store(settings)
+    if store is None:
+        return 2
+    try:
+        report = reconcile(store, engine, lag)
+    finally:
+        store.close()
+    print_report(report)
+    print("reconciliation:", "no drift" if report.ok else "DRIFT (see above)")
+    return 0 if report.ok else 1
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.topics import main as topics_main
 
@@ -70,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("topics", help="list or create the topics")
     p.add_argument("action", choices=["list", "create"])
     p.set_defaults(func=cmd_topics)
+    p = sub.add_parser("sink", help="land the ledger and events in ClickHouse (chDB unless CLICKHOUSE_URL is set)")
+    p.add_argument("--http-port", type=int, default=settings.clickhouse_http_port,
+                   help="serve the embedded chDB over ClickHouse's HTTP interface on 127.0.0.1 (0: off)")
+    p.set_defaults(func=cmd_sink)
+    p = sub.add_parser("sql", help="run a query on the configured ClickHouse and print a table")
+    p.add_argument("query")
+    p.set_defaults(func=cmd_sql)
+    p = sub.add_parser("reconcile", help="check the ClickHouse ledger against itself and the engine; exit 1 on drift")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the sink to land the ledger topic")
+    p.set_defaults(func=cmd_reconcile)
     p = sub.add_parser("demo", help="run the scripted demo (as `make demo`)")
     p.set_defaults(func=lambda _a: __import__("streams.demo", fromlist=["main"]).main())
     args = parser.parse_args(argv)

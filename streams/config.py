@@ -32,6 +32,8 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(_env("POSFLOW_HOME", str(REPO_ROOT / ".local"))))
     web_port: int = field(default_factory=lambda: int(_env("POSFLOW_WEB_PORT", "6066")))
     clickhouse_url: str = field(default_factory=lambda: _env("CLICKHOUSE_URL", ""))
+    # Where the sink serves its embedded chDB over ClickHouse's HTTP interface (loopback; 0: not at all).
+    clickhouse_http_port: int = field(default_factory=lambda: int(_env("POSFLOW_CLICKHOUSE_HTTP_PORT", "18123")))
     # How long a silent (crashed) worker keeps its partitions before the group hands them on.
     session_timeout_s: float = field(default_factory=lambda: float(_env("POSFLOW_SESSION_TIMEOUT_S", "15")))
     # A partition with records waiting and no progress for this long makes the worker exit (to be

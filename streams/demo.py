@@ -15,6 +15,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from processors.config import default_config
 from processors.messages import Command, Result
@@ -25,11 +26,12 @@ from streams.config import REPO_ROOT, Settings
 from streams.partitioner import partition_for
 from streams.table import print_table
 from streams.topics import COMMANDS, DEAD_LETTER, TO_SIGN, create_all
-from streams.workers import WorkerProcess
+from streams.workers import WorkerProcess, sink_process
 
 ALICE_ETH = "0x" + "a1" * 20
 BOB_ETH = "0x" + "b0" * 20
 DEMO_PREFIX = "posflow-demo-"
+DEMO_SINK_PORT = 16123
 
 
 @dataclass
@@ -170,11 +172,60 @@ def main() -> int:
         for w in workers:
             w.wait_until("/stats/", lambda s: True, timeout=120)
             print(f"worker {w.url} up (log {w.log_path})")
-        return _play(settings, workers)
+        code = _play(settings, workers)
     finally:
         for w in workers:
             w.stop()
         print("\nworkers stopped; Kafka and anvil keep running (`make down` stops them).")
+    return max(code, _audit(settings, env, base.home / "logs"))
+
+
+FINANCE = (
+    ("liabilities per asset (view liabilities)", "SELECT * FROM liabilities ORDER BY asset"),
+    ("system accounts (view system_accounts; clearing must be 0)",
+     "SELECT * FROM system_accounts ORDER BY account, asset"),
+    ("daily deposits, withdrawals, fees (view daily_flows)",
+     "SELECT day, asset, deposits, withdrawals, trading_fees, withdrawal_fees FROM daily_flows ORDER BY day, asset"),
+    ("alice's balances from the ledger (view balances)",
+     "SELECT account, bucket, asset, balance, lines FROM balances WHERE user_id = 'alice' "
+     "ORDER BY account, asset, bucket"),
+)
+
+
+def _audit(settings: Settings, env: dict[str, str], logs: Path) -> int:
+    """The sink lands the run's topics in chDB; finance views are queried through the sink's HTTP port;
+    then `posflow reconcile` checks the ledger against itself and against the engine's stored state."""
+    from sinks.reconcile import wait_for_sink
+    from sinks.store import ServerStore, StoreUnavailable
+
+    _step(f"the audit ledger in ClickHouse (chDB in {env['POSFLOW_HOME']}/clickhouse)")
+    sink = sink_process(env, logs / "demo-sink.log", DEMO_SINK_PORT).start()
+    try:
+        lag = wait_for_sink(settings, timeout_s=120)
+        if lag:
+            print(f"the sink did not land the ledger within 120 s (lag {lag}); log: {sink.log_path}\n{sink.log_tail()}")
+            return 1
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                store = ServerStore(sink.url)
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        print(f"sink landed every ledger record; querying it as a ClickHouse server at {sink.url}")
+        for title, sql in FINANCE:
+            rows = store.query(sql)
+            print(f"\n{title}")
+            print_table(rows.columns, rows.rows)
+        store.close()
+    finally:
+        sink.stop()
+    _step("reconciliation: posflow reconcile")
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile"], env={**os.environ, **env},
+                          cwd=REPO_ROOT, check=False)
+    return proc.returncode
 
 
 def _play(settings: Settings, workers: list[WorkerProcess]) -> int:

@@ -34,6 +34,7 @@ class WorkerProcess:
     loglevel: str = "warn"
     supervise: bool = False
     restart_delay_s: float = 0.5
+    command: list[str] = field(default_factory=list)  # another program than a Faust worker, e.g. the sink
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     exits: list[int] = field(default_factory=list, init=False)  # exit codes of unplanned exits
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
@@ -66,8 +67,8 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", self.module, "worker", "-l", self.loglevel,
-             "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
+            self.command or [sys.executable, "-m", "faust", "-A", self.module, "worker", "-l", self.loglevel,
+                             "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             start_new_session=True,  # its own process group: a kill reaches its children too
         )
@@ -131,3 +132,9 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def sink_process(env: dict[str, str], log_path: Path, http_port: int, supervise: bool = False) -> WorkerProcess:
+    """`posflow sink` as a subprocess; with chDB it serves ClickHouse's HTTP interface on `http_port`."""
+    return WorkerProcess("sinks", http_port, env, log_path, supervise=supervise,
+                         command=[sys.executable, "-m", "streams.cli", "sink", "--http-port", str(http_port)])
