@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import core, e2e
+from bench import core, e2e, sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,7 +29,7 @@ def save(name: str, figures: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"engine"}
+    wanted = set(argv) or {"engine", "sink"}
     if "engine" in wanted:
         print("== engine: pure core", flush=True)
         figures = core.run()
@@ -39,6 +39,12 @@ def main(argv: list[str]) -> int:
         for key, value in figures.items():
             print(f"  {key:<28} {value}")
         save("engine", figures)
+    if "sink" in wanted:
+        print("== sink: ledger lines into chDB", flush=True)
+        figures = sink.run()
+        for key, value in figures.items():
+            print(f"  {key:<32} {value}")
+        save("sink", figures)
     return 0
 
 
