@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sinks.migrations import migrate
+from sinks.store import ChdbStore
 from streams.config import REPO_ROOT, Settings
 
 LOCAL = REPO_ROOT / "deploy" / "local"
@@ -80,3 +82,18 @@ def isolated_env(kafka_bootstrap: str, tmp_path: Path) -> dict[str, str]:
         "POSFLOW_APP_ID": f"posflow-test-{tag}",
         "POSFLOW_HOME": str(tmp_path / "home"),
     }
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """chDB opens one data directory per process, so the tests share one and each gets a database."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def chdb_store(chdb_dir: Path) -> Iterator[ChdbStore]:
+    store = ChdbStore(chdb_dir, database=f"t_{uuid.uuid4().hex[:10]}")
+    migrate(store)
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS {store.database}")
+    store.close()
