@@ -14,6 +14,7 @@ in the body (plain or lz4 / zstd / gzip encoded); errors as HTTP 500 with ClickH
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import threading
@@ -159,3 +160,37 @@ class ClickHouseHTTPServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sinks.http --path DIR --port N`: serve a chDB directory as a ClickHouse server."""
+    import argparse
+    import signal
+    import sys
+    from pathlib import Path
+
+    from sinks.migrations import migrate
+    from sinks.store import StoreUnavailable
+
+    parser = argparse.ArgumentParser(prog="python -m sinks.http", description=main.__doc__)
+    parser.add_argument("--path", required=True, type=Path, help="chDB data directory")
+    parser.add_argument("--port", required=True, type=int)
+    args = parser.parse_args(argv)
+    try:
+        store = ChdbStore(args.path)
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    migrate(store)
+    server = ClickHouseHTTPServer(store, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"serving {args.path} at {server.url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    server.server_close()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,7 +89,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
                   "pick another port with --http-port or POSFLOW_CLICKHOUSE_HTTP_PORT (0 turns it off)",
                   file=sys.stderr)
             return 2
-    sink = Sink(settings, store)
+    sink = Sink(settings, store, max_records=args.max_records, linger_s=args.linger_ms / 1000)
     signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     signal.signal(signal.SIGINT, lambda *_: sink.stop())
     where = f"{store.where}" + (f", served at {server.url} (CLICKHOUSE_URL for posflow sql)" if server else "")
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sink", help="land the ledger and events in ClickHouse (chDB unless CLICKHOUSE_URL is set)")
     p.add_argument("--http-port", type=int, default=settings.clickhouse_http_port,
                    help="serve the embedded chDB over ClickHouse's HTTP interface on 127.0.0.1 (0: off)")
+    p.add_argument("--max-records", type=int, default=2000, help="Kafka records per insert at most")
+    p.add_argument("--linger-ms", type=int, default=200, help="how long a record may wait for its batch")
     p.set_defaults(func=cmd_sink)
     p = sub.add_parser("sql", help="run a query on the configured ClickHouse and print a table")
     p.add_argument("query")

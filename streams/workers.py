@@ -134,7 +134,8 @@ class WorkerProcess:
             return "(no log)"
 
 
-def sink_process(env: dict[str, str], log_path: Path, http_port: int, supervise: bool = False) -> WorkerProcess:
+def sink_process(env: dict[str, str], log_path: Path, http_port: int, supervise: bool = False,
+                 *extra: str) -> WorkerProcess:
     """`posflow sink` as a subprocess; with chDB it serves ClickHouse's HTTP interface on `http_port`."""
     return WorkerProcess("sinks", http_port, env, log_path, supervise=supervise,
-                         command=[sys.executable, "-m", "streams.cli", "sink", "--http-port", str(http_port)])
+                         command=[sys.executable, "-m", "streams.cli", "sink", "--http-port", str(http_port), *extra])
