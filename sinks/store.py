@@ -9,7 +9,9 @@ token, so a retried insert of the same batch is dropped by ClickHouse itself.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 from streams.config import Settings
 
 DEFAULT_DATABASE = "posflow"
+_SPOOL = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # memory-backed where there is one
 _INT = re.compile(r"^(Nullable\()?(LowCardinality\()?U?Int\d+")
 _DEC = re.compile(r"^(Nullable\()?Decimal")
 
@@ -127,14 +130,20 @@ class ChdbStore(Store):
         self.insert_sql(f"INSERT INTO {table} SETTINGS insert_deduplication_token = {_quote(token)}", fmt, data)
 
     def insert_sql(self, insert: str, fmt: str, data: bytes) -> None:
-        """`insert` is an INSERT statement without FORMAT and data."""
-        with self._lock:
-            try:
-                with self._session.send_insert(insert, fmt) as ins:
-                    ins.append(data)
-                    ins.finish()
-            except RuntimeError as exc:
-                raise StoreRejected(str(exc)) from exc
+        """`insert` is an INSERT statement without FORMAT and data.
+
+        The data goes through a spool file and `INSERT ... SELECT * FROM file()`, not chDB's streaming
+        insert: that one reported success for an Avro insert whose materialized view failed (a bad
+        amount) and wrote nothing, which would have committed lines that never landed. The file path
+        raises the error, and the file's structure is taken from the table inserted into.
+        """
+        fd, path = tempfile.mkstemp(prefix="posflow-insert-", suffix=f".{fmt.lower()}", dir=_SPOOL)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self._run(f"{insert} SELECT * FROM file({_quote(path)}, {_quote(fmt)})")
+        finally:
+            os.unlink(path)
 
     def close(self) -> None:
         with self._lock:

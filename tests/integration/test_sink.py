@@ -95,6 +95,22 @@ def _connect(url: str, database: str = "posflow") -> ServerStore:
             time.sleep(0.3)
 
 
+def _wait_for_more(url: str, seen: int, timeout_s: float = 90.0) -> int:
+    """Blocks until the sink at `url` has landed more lines than `seen`; returns the new count."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            store = ServerStore(url)
+            count = int(store.query("SELECT count() FROM ledger_lines").scalar())
+            store.close()
+            if count > seen:
+                return count
+        except StoreUnavailable:
+            pass  # restarting
+        time.sleep(0.2)
+    raise TimeoutError(f"the sink at {url} landed nothing more than {seen} lines in {timeout_s}s")
+
+
 def _landed(store: ServerStore) -> tuple[int, int, dict[str, Decimal]]:
     final = store.query("SELECT count() FROM ledger_lines FINAL").scalar()
     physical = store.query("SELECT count() FROM ledger_lines").scalar()
@@ -116,6 +132,11 @@ def test_sink_killed_mid_batch_lands_exactly_the_topic(isolated_env: dict[str, s
     bad = [b"\x00 not avro", CODEC.encode("Result", {"id": "r", "ts_ms": 1, "schema_version": 1, "user_id": "u",
                                                        "kind": "Transfer", "status": "ACCEPTED", "reason": None,
                                                        "detail": "", "ledger_lines": 0})]
+    unparsable = {"id": "u1/bad/0", "ts_ms": 1, "schema_version": 1, "entry_id": "bad", "entry_type": "TEST",
+                  "line_no": 0, "user_id": "u1", "account": "spot", "bucket": "available", "asset": "BTC",
+                  "amount": "one bitcoin", "balance_before": None, "balance_after": None, "seq": 1}
+    # decodes fine, but ClickHouse refuses its amount: found by bisecting the refused insert
+    bad.append(CODEC.encode("LedgerBatch", {"id": "bad", "ts_ms": 1, "schema_version": 1, "lines": [unparsable]}))
     for value in bad:
         raw.produce(ledger, value, b"u1")
     lone = {"id": "u1/lone/0", "ts_ms": 1_700_000_000_000, "schema_version": 1, "entry_id": "lone",
@@ -124,13 +145,16 @@ def test_sink_killed_mid_batch_lands_exactly_the_topic(isolated_env: dict[str, s
     raw.produce(ledger, CODEC.encode("LedgerLine", lone), b"u1")  # a lone line, not in a batch
     assert raw.flush(30) == 0
 
-    feed = LedgerFeed(settings, records=600, lines_per_record=250, seconds=12).start()
+    feed = LedgerFeed(settings, records=600, lines_per_record=250, seconds=20).start()
     port = _free_port()
-    sink = sink_process(isolated_env, tmp_path / "sink.log", port, True, "--max-records", "40", "--linger-ms", "100")
+    env = {**isolated_env, "POSFLOW_SESSION_TIMEOUT_S": "6"}  # a killed member's partitions move on sooner
+    sink = sink_process(env, tmp_path / "sink.log", port, True, "--max-records", "40", "--linger-ms", "100")
     sink.start()
     try:
-        for _ in range(3):  # SIGKILL at random moments while batches are in flight
-            time.sleep(random.uniform(2.0, 4.0))
+        seen = 0
+        for _ in range(3):  # SIGKILL while batches are landing: once this incarnation has landed more
+            seen = _wait_for_more(sink.url, seen)
+            time.sleep(random.uniform(0.0, 0.3))
             sink.kill()
         _caught_up(settings, feed)
         store = _connect(sink.url)
@@ -142,17 +166,18 @@ def test_sink_killed_mid_batch_lands_exactly_the_topic(isolated_env: dict[str, s
         print(f"\n{final} lines landed; {physical - final} physical duplicates collapsed by FINAL; "
               f"sink exits: {sink.exits}")
         assert len(sink.exits) == 3, "each kill was a real crash of the sink"
-        # the two records it could not store: on the dead-letter topic with their bytes, and in ClickHouse
+        # the three records it could not store: on the dead-letter topic with their bytes, and in ClickHouse
         dead = {}
         for *_, value in read_topic(settings, DEAD_LETTER.name(settings)):
             d = CODEC.decode_as("DeadLetter", value)
             dead[d["id"]] = d
         assert sorted(d["value"] for d in dead.values()) == sorted(bad)
-        assert {d["error"].split(":")[0] for d in dead.values()} == {"NOT_AVRO", "WRONG_MESSAGE_TYPE"}
+        assert {d["error"].split(":")[0] for d in dead.values()} == {"NOT_AVRO", "WRONG_MESSAGE_TYPE",
+                                                                      "REFUSED_BY_CLICKHOUSE"}
         deadline = time.monotonic() + 30
-        while store.query("SELECT count() FROM dead_letters FINAL").scalar() < 2 and time.monotonic() < deadline:
+        while store.query("SELECT count() FROM dead_letters FINAL").scalar() < 3 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert store.query("SELECT count() FROM dead_letters FINAL").scalar() == 2
+        assert store.query("SELECT count() FROM dead_letters FINAL").scalar() == 3
         store.close()
     finally:
         sink.stop()

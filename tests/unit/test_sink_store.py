@@ -127,6 +127,21 @@ def test_a_retried_insert_is_dropped_by_its_token(chdb_store: ChdbStore, day: tu
     assert chdb_store.query("SELECT count() FROM ledger_lines FINAL").scalar() == 100
 
 
+def test_an_insert_clickhouse_refuses_raises_and_writes_nothing(chdb_store: ChdbStore,
+                                                                 day: tuple[list[LedgerLine], object]) -> None:
+    """The sink bisects on StoreRejected to find the bad record; a refusal reported as success would
+    commit lines that never landed (chDB's streaming insert did exactly that)."""
+    lines, _ = day
+    good = _batches(lines[:50])
+    bad = line_to_avro(lines[0], CFG) | {"id": "x/y/0", "amount": "one bitcoin"}
+    bodies = [m[HEADER_LEN:] for m in good]
+    bodies.insert(1, CODEC.encode("LedgerBatch", {"id": "bad", "ts_ms": 1, "schema_version": 1, "lines": [bad]})
+                  [HEADER_LEN:])
+    with pytest.raises(StoreRejected, match="Cannot parse"):
+        chdb_store.insert("ledger_batches_in", "Avro", container("LedgerBatch", bodies), "with-bad")
+    assert chdb_store.query("SELECT count() FROM ledger_lines").scalar() == 0
+
+
 # -- migrations ------------------------------------------------------------------------------------
 def test_migrations_apply_once_and_refuse_edits(chdb_store: ChdbStore, tmp_path: Path) -> None:
     assert {status for *_, status in migrate(chdb_store)} == {"present"}  # the fixture applied them
@@ -242,3 +257,23 @@ def test_reconcile_reports_sink_lag(chdb_store: ChdbStore) -> None:
     report = reconcile(chdb_store, engine_state([], CFG), lag={2: 7})
     assert not report.ok
     assert ("sink caught up", "ledger partition 2", "", "", "", "7 records behind", "0") in report.differences
+
+
+def test_posflow_sql_prints_a_table(tmp_path: Path) -> None:
+    """The CLI on a fresh home: migrations applied, the query's answer as a table (own process: chDB
+    opens one directory per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "POSFLOW_HOME": str(tmp_path), "CLICKHOUSE_URL": ""}
+    sql = ("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND name LIKE 'ledger%' "
+           "ORDER BY name")
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "sql", sql], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ["name", "engine"]
+    assert "ledger_lines       ReplacingMergeTree" in out.stdout and "(3 rows)" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "SELECT nope"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1 and "ClickHouse refused the query" in bad.stderr
