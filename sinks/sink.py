@@ -197,6 +197,9 @@ class Sink:
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 return
+            if err.retriable() or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log.warning("Kafka: %s (the client retries)", err)  # e.g. a topic not created yet
+                return
             raise KafkaException(err)
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None, "a consumed record has a position"
