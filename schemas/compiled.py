@@ -15,7 +15,7 @@ from typing import Any
 Writer = Callable[[dict[str, Any]], bytes]
 
 
-def _long(out: bytearray, n: int) -> None:
+def write_long(out: bytearray, n: int) -> None:
     """Zigzag varint, as Avro encodes int and long."""
     assert -(1 << 63) <= n < (1 << 63), f"{n} does not fit an Avro long"
     n = (n << 1) ^ (n >> 63)
@@ -55,7 +55,7 @@ class _Gen:
             self.emit(indent, f"if {n} < 64:")
             self.emit(indent + 1, f"out.append({n} << 1)")
             self.emit(indent, "else:")
-            self.emit(indent + 1, f"_long(out, {n})")
+            self.emit(indent + 1, f"write_long(out, {n})")
             self.emit(indent, f"out += {b}")
         elif t in ("int", "long"):
             n = self.var("n")
@@ -63,7 +63,7 @@ class _Gen:
             self.emit(indent, f"if 0 <= {n} < 64:")
             self.emit(indent + 1, f"out.append({n} << 1)")
             self.emit(indent, "else:")
-            self.emit(indent + 1, f"_long(out, {n})")
+            self.emit(indent + 1, f"write_long(out, {n})")
         elif t == "boolean":
             self.emit(indent, f"out.append(1 if {expr} else 0)")
         elif t == "null":
@@ -71,12 +71,12 @@ class _Gen:
         elif t == "enum":
             table = self.var("enum")
             self.consts[table] = {s: i for i, s in enumerate(schema["symbols"])}
-            self.emit(indent, f"_long(out, {table}[{expr}])")
+            self.emit(indent, f"write_long(out, {table}[{expr}])")
         elif t == "array":
             items, item = self.var("items"), self.var("item")
             self.emit(indent, f"{items} = {expr}")
             self.emit(indent, f"if {items}:")
-            self.emit(indent + 1, f"_long(out, len({items}))")
+            self.emit(indent + 1, f"write_long(out, len({items}))")
             self.emit(indent + 1, f"for {item} in {items}:")
             self.value(schema["items"], item, indent + 2)
             self.emit(indent, "out.append(0)")
@@ -106,7 +106,7 @@ class _Gen:
         self.emit(indent, f"{v}_name, {v}_rec = {v}")
         for i, b in enumerate(branches):
             self.emit(indent, f"{'if' if i == 0 else 'elif'} {v}_name == {b['name']!r}:")
-            self.emit(indent + 1, f"_long(out, {i})")
+            self.emit(indent + 1, f"write_long(out, {i})")
             self.value(b, f"{v}_rec", indent + 1)
         self.emit(indent, "else:")
         self.emit(indent + 1, f"raise ValueError(f'{{{v}_name!r}} is not a branch of this union')")
@@ -119,7 +119,7 @@ def compile_writer(parsed: Any) -> Writer:
     gen.emit(1, "out = bytearray()")
     gen.value(parsed, "record", 1)
     gen.emit(1, "return bytes(out)")
-    namespace: dict[str, Any] = {"_long": _long, **gen.consts}
+    namespace: dict[str, Any] = {"write_long": write_long, **gen.consts}
     exec(compile("\n".join(gen.lines), f"<avro writer {parsed.get('name')}>", "exec"), namespace)
     writer: Writer = namespace["write"]
     return writer

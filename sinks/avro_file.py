@@ -14,16 +14,12 @@ from collections.abc import Sequence
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas import CODEC
+from schemas.compiled import write_long
 
 
 def _long(n: int) -> bytes:
-    """Avro's zig-zag varint."""
-    n = (n << 1) ^ (n >> 63)
     out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+    write_long(out, n)
     return bytes(out)
 
 
