@@ -1,7 +1,7 @@
 """The one declaration of every posflow topic.
 
-Used by the Faust app, by topic creation in the local stack (`python -m streams.topics create`) and by
-the Kubernetes manifests (`python -m streams.topics manifest`). Every user-keyed topic has the same
+Used by the Faust app, by the sink, and by topic creation in the local stack
+(`python -m streams.topics create`). Every user-keyed topic has the same
 partition count so that all of a user's inputs and state live on one partition (DESIGN §1).
 """
 
