@@ -135,10 +135,12 @@ def _iso(ts_ms: int) -> str:
 
 class Sink:
     def __init__(self, settings: Settings, store: Store, *, max_records: int = 2000, linger_s: float = 0.2,
-                 group: str = GROUP, backoff_max_s: float = 10.0) -> None:
+                 group: str = GROUP, backoff_max_s: float = 10.0, max_bytes: int = 64 << 20) -> None:
         self.settings = settings
         self.store = store
         self.max_records = max_records
+        self.max_bytes = max_bytes  # a worker's LedgerBatch holds up to 2,500 lines: bound memory by size too
+        self._pending_bytes = 0
         self.linger_s = linger_s
         self.backoff_max_s = backoff_max_s
         self.counters = Counters()
@@ -172,6 +174,7 @@ class Sink:
             self.flush()
         except Abandoned as exc:
             log.warning("%s; %d records not committed will be read again at the next start", exc, len(self._pending))
+            self._pending, self._dead, self._pending_bytes = [], [], 0  # closing must not try them again
         finally:
             self._consumer.close()
             if self._producer is not None:
@@ -186,11 +189,17 @@ class Sink:
         for msg in self._consumer.consume(max(room, 1), timeout=min(self.linger_s, 0.1)):
             self._take(msg)
         due = self._pending and time.monotonic() - self._first_at >= self.linger_s
-        if len(self._pending) >= self.max_records or due or self._dead:
+        full = len(self._pending) >= self.max_records or self._pending_bytes >= self.max_bytes
+        if full or due or self._dead:
             self.flush()
 
     def _on_revoke(self, _consumer: Any, _partitions: list[TopicPartition]) -> None:
-        self.flush()  # land and commit what this member read before its partitions move on
+        """Land and commit what this member read before its partitions move on."""
+        try:
+            self.flush()
+        except Abandoned as exc:  # stopping during an outage: the next owner reads them again
+            log.warning("%s; %d records left uncommitted", exc, len(self._pending))
+            self._pending, self._dead, self._pending_bytes = [], [], 0
 
     def _take(self, msg: Message) -> None:
         err = msg.error()
@@ -213,6 +222,7 @@ class Sink:
         except (DecodeError, Unstorable) as exc:
             self._dead.append((item, str(exc)))
         self._pending.append(item)
+        self._pending_bytes += len(item.payload)
 
     def _prepare(self, item: Item) -> bytes:
         value = item.value
@@ -246,6 +256,7 @@ class Sink:
         self._send_dead_letters()
         self._commit(self._pending)
         self._pending = []
+        self._pending_bytes = 0
 
     def _table_of(self, item: Item) -> str:
         return CHAIN_TABLE if item.topic == self._chain_topic else self._routes[item.topic].table
