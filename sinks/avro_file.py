@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cache
 
 from fastavro.schema import to_parsing_canonical_form
 
@@ -27,9 +28,14 @@ def _bytes(data: bytes) -> bytes:
     return _long(len(data)) + data
 
 
+@cache
+def _schema_text(message: str) -> bytes:
+    return to_parsing_canonical_form(CODEC.schema(message)).encode()
+
+
 def file_header(message: str, sync: bytes) -> bytes:
     """Magic, metadata (the message's current schema, no codec) and the sync marker."""
-    schema = to_parsing_canonical_form(CODEC.schema(message)).encode()
+    schema = _schema_text(message)
     meta = _long(2) + _bytes(b"avro.schema") + _bytes(schema) + _bytes(b"avro.codec") + _bytes(b"null") + _long(0)
     return b"Obj\x01" + meta + sync
 

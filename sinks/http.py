@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sinks.store import ChdbStore, StoreRejected, _quote
+from sinks.store import ChdbStore, StoreRejected, sql_quote
 
 _FORMAT_TAIL = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s", re.IGNORECASE)
@@ -56,8 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a query log per request would drown the sink's own output
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path in ("/ping", "/") and (path == "/ping" or "query" not in self.path):
+        url = urlsplit(self.path)
+        if url.path == "/ping" or (url.path == "/" and "query=" not in url.query):  # health checks
             self._reply(200, b"Ok.\n", "text/plain")
             return
         self._handle(b"")
@@ -118,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
         statement = query[: tail.start()]
         token = params.get("insert_deduplication_token")
         if token:
-            statement += f" SETTINGS insert_deduplication_token = {_quote(token)}"
+            statement += f" SETTINGS insert_deduplication_token = {sql_quote(token)}"
         self.server.store.insert_sql(statement, tail.group(1), body)
 
     def _error(self, status: int, message: str) -> None:

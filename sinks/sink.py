@@ -92,7 +92,6 @@ class Counters:
     inserts: int = 0
     retries: int = 0
     dead_letters: int = 0
-    bytes: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
 
 
@@ -292,7 +291,6 @@ class Sink:
                     raise Abandoned(f"stopped while ClickHouse was unavailable: {exc}") from exc
                 delay = min(delay * 2, self.backoff_max_s)
         self.counters.inserts += 1
-        self.counters.bytes += len(data)
         self.counters.per_table[table] = self.counters.per_table.get(table, 0) + len(items)
 
     def _send_dead_letters(self) -> None:

@@ -127,7 +127,7 @@ class ChdbStore(Store):
         return bytes(self._run(sql, fmt, params).bytes())
 
     def insert(self, table: str, fmt: str, data: bytes, token: str) -> None:
-        self.insert_sql(f"INSERT INTO {table} SETTINGS insert_deduplication_token = {_quote(token)}", fmt, data)
+        self.insert_sql(f"INSERT INTO {table} SETTINGS insert_deduplication_token = {sql_quote(token)}", fmt, data)
 
     def insert_sql(self, insert: str, fmt: str, data: bytes) -> None:
         """`insert` is an INSERT statement without FORMAT and data.
@@ -141,7 +141,7 @@ class ChdbStore(Store):
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            self._run(f"{insert} SELECT * FROM file({_quote(path)}, {_quote(fmt)})")
+            self._run(f"{insert} SELECT * FROM file({sql_quote(path)}, {sql_quote(fmt)})")
         finally:
             os.unlink(path)
 
@@ -192,8 +192,22 @@ class ServerStore(Store):
         self._client.close()
 
 
-def _quote(text: str) -> str:
+def sql_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def connect_when_up(url: str, database: str = DEFAULT_DATABASE, timeout_s: float = 60.0) -> ServerStore:
+    """A ServerStore for a server that may still be starting (a sink or `sinks.http` just launched)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ServerStore(url, database)
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def chdb_path(settings: Settings) -> Path:

@@ -196,7 +196,7 @@ def _audit(settings: Settings, env: dict[str, str], logs: Path) -> int:
     """The sink lands the run's topics in chDB; finance views are queried through the sink's HTTP port;
     then `posflow reconcile` checks the ledger against itself and against the engine's stored state."""
     from sinks.reconcile import wait_for_sink
-    from sinks.store import ServerStore, StoreUnavailable
+    from sinks.store import connect_when_up
 
     _step(f"the audit ledger in ClickHouse (chDB in {env['POSFLOW_HOME']}/clickhouse)")
     sink = sink_process(env, logs / "demo-sink.log", DEMO_SINK_PORT).start()
@@ -205,15 +205,7 @@ def _audit(settings: Settings, env: dict[str, str], logs: Path) -> int:
         if lag:
             print(f"the sink did not land the ledger within 120 s (lag {lag}); log: {sink.log_path}\n{sink.log_tail()}")
             return 1
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                store = ServerStore(sink.url)
-                break
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        store = connect_when_up(sink.url)
         print(f"sink landed every ledger record; querying it as a ClickHouse server at {sink.url}")
         for title, sql in FINANCE:
             rows = store.query(sql)

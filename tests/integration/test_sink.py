@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from schemas import CODEC
 from sinks.reconcile import wait_for_sink
-from sinks.store import ServerStore, StoreUnavailable
+from sinks.store import ServerStore, StoreUnavailable, connect_when_up
 from streams.client import read_topic
 from streams.config import Settings
 from streams.kafka import producer_config
@@ -84,17 +84,6 @@ class LedgerFeed:
         assert not self.thread.is_alive(), "the feed did not finish"
 
 
-def _connect(url: str, database: str = "posflow") -> ServerStore:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return ServerStore(url, database)
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 def _wait_for_more(url: str, seen: int, timeout_s: float = 90.0) -> int:
     """Blocks until the sink at `url` has landed more lines than `seen`; returns the new count."""
     deadline = time.monotonic() + timeout_s
@@ -157,7 +146,7 @@ def test_sink_killed_mid_batch_lands_exactly_the_topic(isolated_env: dict[str, s
             time.sleep(random.uniform(0.0, 0.3))
             sink.kill()
         _caught_up(settings, feed)
-        store = _connect(sink.url)
+        store = connect_when_up(sink.url)
         final, physical, sums = _landed(store)
         want = dict(feed.sums)
         want["BTC"] += Decimal("0.00000001")
@@ -195,7 +184,7 @@ def test_clickhouse_down_for_a_while_loses_and_doubles_nothing(isolated_env: dic
     feed = LedgerFeed(settings, records=400, lines_per_record=250, seconds=10)
     clickhouse.start()
     try:
-        _connect(clickhouse.url).close()
+        connect_when_up(clickhouse.url).close()
         sink.start()
         feed.start()
         time.sleep(3)
@@ -204,7 +193,7 @@ def test_clickhouse_down_for_a_while_loses_and_doubles_nothing(isolated_env: dic
         time.sleep(5)
         clickhouse.start()  # and back, with its data
         _caught_up(settings, feed)
-        store = _connect(clickhouse.url)
+        store = connect_when_up(clickhouse.url)
         final, physical, sums = _landed(store)
         assert final == feed.lines
         assert sums == dict(feed.sums)
