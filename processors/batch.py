@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from processors.config import EngineConfig
 from processors.engine import apply
-from processors.messages import Command, Outcome, Result
+from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.reasons import Reason
 from processors.state import UserState
-from processors.wire import command_from_avro, dead_letter_to_avro, line_to_avro, result_to_avro, to_sign_to_avro
+from processors.wire import (
+    command_from_avro,
+    dead_letter_to_avro,
+    ledger_batch_body,
+    result_batch_body,
+    to_sign_to_avro,
+)
 from schemas import CODEC, DecodeError
 from streams.partitioner import partition_for
 from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TO_SIGN, TopicSpec
@@ -50,8 +57,8 @@ class Step:
 
     records: list[OutRecord] = field(default_factory=list)
     states: dict[str, tuple[int, UserState]] = field(default_factory=dict)  # user -> (partition, state)
-    results: dict[int, list[dict[str, object]]] = field(default_factory=dict)  # partition -> Result records
-    lines: dict[int, list[dict[str, object]]] = field(default_factory=dict)  # partition -> LedgerLine records
+    results: dict[int, list[Result]] = field(default_factory=dict)  # partition -> results, in order
+    lines: dict[int, list[LedgerLine]] = field(default_factory=dict)  # partition -> ledger lines, in order
     offsets: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # partition -> (topic, first, last)
     commands: int = 0
     dead_letters: int = 0
@@ -90,18 +97,21 @@ class BatchProcessor:
                     self._restore(step, source.partition, cmd.user_id, load)
                 else:
                     self._apply(step, source.partition, cmd, load)
-        self._batch(step, RESULTS, "ResultBatch", "results", step.results, RESULTS_PER_RECORD)
-        self._batch(step, LEDGER, "LedgerBatch", "lines", step.lines, LINES_PER_RECORD)
+        header = CODEC.header("ResultBatch")
+        for partition, n, results in self._chunks(step, step.results, RESULTS_PER_RECORD):
+            step.records.append((RESULTS, None, header + result_batch_body(n, step.ts_ms, results), partition))
+        header = CODEC.header("LedgerBatch")
+        for partition, n, lines in self._chunks(step, step.lines, LINES_PER_RECORD):
+            step.records.append((LEDGER, None, header + ledger_batch_body(n, step.ts_ms, lines, self.cfg), partition))
         return step
 
-    def _batch(self, step: Step, spec: TopicSpec, message: str, field_name: str,
-               per_partition: dict[int, list[dict[str, object]]], chunk: int) -> None:
+    @staticmethod
+    def _chunks(step: Step, per_partition: dict[int, list[Any]], size: int) -> Iterable[tuple[int, str, list[Any]]]:
+        """(partition, batch record id, items) per batch record: the id names the inputs of the step."""
         for partition, items in per_partition.items():
             topic, first, last = step.offsets[partition]
-            for n, i in enumerate(range(0, len(items), chunk)):
-                record = {"id": f"{topic}/{partition}/{first}-{last}/{n}", "ts_ms": step.ts_ms, "schema_version": 1,
-                          field_name: items[i : i + chunk]}
-                step.records.append((spec, None, CODEC.encode(message, record), partition))
+            for n, i in enumerate(range(0, len(items), size)):
+                yield partition, f"{topic}/{partition}/{first}-{last}/{n}", items[i : i + size]
 
     def _restore(self, step: Step, partition: int, user: str, load: Loader) -> None:
         step.replayed += 1
@@ -142,11 +152,9 @@ class BatchProcessor:
         return owner
 
     def _emit(self, step: Step, partition: int, outcome: Outcome) -> None:
-        step.results.setdefault(partition, []).append(result_to_avro(outcome.result))
+        step.results.setdefault(partition, []).append(outcome.result)
         if outcome.lines:
-            lines = step.lines.setdefault(partition, [])
-            for line in outcome.lines:
-                lines.append(line_to_avro(line, self.cfg))
+            step.lines.setdefault(partition, []).extend(outcome.lines)
         for event in outcome.events:
             step.records.append((TO_SIGN, event.user_id.encode(),
                                  CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg)), -1))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from processors.money import Asset
 
-SUB_ACCOUNTS = frozenset({"spot", "margin", "futures", "staking"})
-_ISOLATED = re.compile(r"isolated:([A-Z0-9]{2,12})-([A-Z0-9]{2,12})")
+SUB_ACCOUNTS: Final = frozenset({"spot", "margin", "futures", "staking"})
+_ISOLATED: Final = re.compile(r"isolated:([A-Z0-9]{2,12})-([A-Z0-9]{2,12})")
 
 
 @dataclass(frozen=True, slots=True)

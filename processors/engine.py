@@ -9,18 +9,19 @@ same result again and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from processors import accounts, deposits, orders, withdrawals
 from processors.applied import Applied
 from processors.config import EngineConfig
-from processors.messages import Command, OpenAccount, Outcome, Result
+from processors.messages import Command, OpenAccount, Outcome, Result, build
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import UserState
 
 Handler = Callable[[UserState, Command, EngineConfig], Applied]
 
-HANDLERS: dict[str, Handler] = {
+HANDLERS: Final[dict[str, Handler]] = {
     "DepositSeen": deposits.seen,
     "DepositConfirmed": deposits.confirmed,
     "DepositReverted": deposits.reverted,
@@ -37,7 +38,7 @@ HANDLERS: dict[str, Handler] = {
 }
 # A risk freeze stops the user from adding exposure or moving money out; the chain and the matching
 # engine still report what already happened, and the user may still reduce what is held.
-BLOCKED_WHEN_FROZEN = frozenset({"OrderHold", "Transfer", "WithdrawalRequest", "WithdrawalApprove"})
+BLOCKED_WHEN_FROZEN: Final = frozenset({"OrderHold", "Transfer", "WithdrawalRequest", "WithdrawalApprove"})
 
 
 def apply(state: UserState | None, cmd: Command, cfg: EngineConfig) -> tuple[UserState, Outcome]:
@@ -46,7 +47,7 @@ def apply(state: UserState | None, cmd: Command, cfg: EngineConfig) -> tuple[Use
     assert state.user_id == cmd.user_id, f"{cmd.id} for {cmd.user_id} applied to {state.user_id}"
     prior = state.applied.get(cmd.id)
     if prior is not None:
-        return state, Outcome(prior)
+        return state, build(Outcome, (prior, (), ()))
     seq_before = state.seq
     try:
         if cmd.kind == "OpenAccount":
@@ -62,15 +63,16 @@ def apply(state: UserState | None, cmd: Command, cfg: EngineConfig) -> tuple[Use
             applied = HANDLERS[cmd.kind](state, cmd, cfg)
     except Rejected as refused:
         assert state.seq == seq_before, f"{cmd.id} refused after writing ledger lines"
-        result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", refused.reason.value,
-                        refused.detail, 0)
+        result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", refused.reason.value,
+                                refused.detail, 0))
         state.remember(result, cfg.applied_window)
-        return state, Outcome(result)
+        return state, build(Outcome, (result, (), ()))
     assert state.seq == seq_before + len(applied.lines), "every line advances the user's sequence once"
     flag = applied.flag.value if applied.flag is not None else None
-    result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(applied.lines))
+    lines = applied.lines
+    result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
     state.remember(result, cfg.applied_window)
-    return state, Outcome(result, applied.lines, applied.events)
+    return state, build(Outcome, (result, lines, applied.events))
 
 
 def _open_account(state: UserState, cmd: Command) -> None:

@@ -6,14 +6,16 @@ in the core, not bad input: it fails loudly (AssertionError) instead of being tu
 
 from __future__ import annotations
 
-from processors.messages import Bucket, LedgerLine
+from typing import Final
+
+from processors.messages import Bucket, LedgerLine, build
 from processors.state import BORROWED, UserState
 
-_INDEX: dict[str, int] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
+_INDEX: Final[dict[str, int]] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
 
 
 class Entry:
-    __slots__ = ("entry_id", "entry_type", "lines", "state", "ts_ms")
+    __slots__ = ("entry_id", "entry_type", "lines", "net", "state", "ts_ms")
 
     def __init__(self, state: UserState, entry_id: str, entry_type: str, ts_ms: int) -> None:
         self.state = state
@@ -21,6 +23,7 @@ class Entry:
         self.entry_type = entry_type
         self.ts_ms = ts_ms
         self.lines: list[LedgerLine] = []
+        self.net: dict[str, int] = {}  # asset -> sum of the lines so far; all zero when the entry closes
 
     def user(self, account: str, asset: str, bucket: Bucket, amount: int) -> None:
         """Post to the user's own bucket. For `borrowed`, `amount` is the ledger amount (-liability)."""
@@ -42,23 +45,21 @@ class Entry:
             assert after >= 0, f"{state.user_id} {account}/{asset}/{bucket}: {before} + {amount} < 0"
             triple[i] = after
         state.seq += 1
-        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                     state.user_id, account, bucket, asset, amount, before, after, state.seq))
+        self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                             state.user_id, account, bucket, asset, amount, before, after, state.seq)))
+        self.net[asset] = self.net.get(asset, 0) + amount
 
     def system(self, name: str, asset: str, amount: int) -> None:
         """Post to a system account (sys:<name>); its balance lives in the ledger, not in user state."""
         assert amount != 0, "a zero line says nothing"
         state = self.state
         state.seq += 1
-        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                     "", f"sys:{name}", "balance", asset, amount, None, None, state.seq))
+        self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                             "", "sys:" + name, "balance", asset, amount, None, None, state.seq)))
+        self.net[asset] = self.net.get(asset, 0) + amount
 
     def close(self) -> tuple[LedgerLine, ...]:
         """Postcondition of every entry: debits equal credits in each asset (DESIGN §2.2)."""
-        lines = self.lines
-        assert lines, f"entry {self.entry_id} has no lines"
-        net: dict[str, int] = {}
-        for line in lines:
-            net[line.asset] = net.get(line.asset, 0) + line.amount
-        assert not any(net.values()), f"entry {self.entry_id} ({self.entry_type}) unbalanced: {net}"
-        return tuple(lines)
+        assert self.lines, f"entry {self.entry_id} has no lines"
+        assert not any(self.net.values()), f"entry {self.entry_id} ({self.entry_type}) unbalanced: {self.net}"
+        return tuple(self.lines)

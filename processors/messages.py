@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
@@ -97,6 +97,14 @@ class WithdrawalRef(TypedDict):
 
 # Outputs are NamedTuples: immutable like frozen dataclasses, but several times cheaper to build,
 # which matters at hundreds of thousands of lines per second.
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+def build(cls: type[_T], fields: tuple[Any, ...]) -> _T:
+    """cls(*fields) for a NamedTuple on the hot path, without its generated __new__ (a Python-level
+    function, a third of the cost). The caller passes every field, in order: no defaults apply."""
+    return tuple.__new__(cls, fields)
+
 class Result(NamedTuple):
     id: str
     ts_ms: int

@@ -7,12 +7,13 @@ refused with a reason a client can act on; a float never appears.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from processors.reasons import Reason
 
-MAX_DIGITS = 38  # what ClickHouse's Decimal(38, s) / Int128 columns hold
-MAX_MINOR = 10**MAX_DIGITS
-_POW10: list[int] = [10**i for i in range(MAX_DIGITS + 19)]
+MAX_DIGITS: Final = 38  # what ClickHouse's Decimal(38, s) / Int128 columns hold
+MAX_MINOR: Final = 10**MAX_DIGITS
+_POW10: Final[list[int]] = [10**i for i in range(MAX_DIGITS + 19)]
 
 
 class Rejected(Exception):

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from processors.messages import Result
 
-AVAILABLE, FROZEN, BORROWED = 0, 1, 2  # positions in a balance triple
-STATE_VERSION = 3  # 2: applied results stored whole (with user_id); 3: parked chain events
+# positions in a balance triple
+AVAILABLE: Final = 0
+FROZEN: Final = 1
+BORROWED: Final = 2
+STATE_VERSION: Final = 3  # 2: applied results stored whole (with user_id); 3: parked chain events
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
 DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
-OPEN_WITHDRAWAL: frozenset[str] = frozenset({"pending_approval", "approved", "broadcast"})
+OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
 @dataclass(slots=True)

@@ -6,14 +6,15 @@ scale; nothing in between is a float.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from processors.config import EngineConfig
 from processors.messages import Command, LedgerLine, Result, WithdrawalToSign
 from processors.money import format_amount
+from schemas.compiled import write_long
 
-SCHEMA_VERSION = 1
-_NS = "posflow."
+SCHEMA_VERSION: Final = 1
+_NS: Final = "posflow."
 
 
 def command_from_avro(record: dict[str, Any]) -> Command:
@@ -60,3 +61,85 @@ def dead_letter_to_avro(topic: str, partition: int, offset: int, ts_ms: int, key
     return {"id": f"{topic}/{partition}/{offset}", "ts_ms": ts_ms, "schema_version": SCHEMA_VERSION,
             "source_topic": topic, "source_partition": partition, "source_offset": offset, "key": key,
             "value": value, "error": error}
+
+
+# -- the two records every step writes, encoded straight from the core's tuples ---------------------
+# CODEC.encode("LedgerBatch", {..., "lines": [line_to_avro(...), ...]}) writes the same bytes
+# (tests/unit/test_wire.py); these skip the dict per line and run compiled, for the step's hot path.
+
+
+def _long(out: bytearray, n: int) -> None:
+    if 0 <= n < 64:  # one zig-zag byte: the common case of small numbers
+        out.append(n << 1)
+    else:
+        write_long(out, n)
+
+
+def _string(out: bytearray, text: str) -> None:
+    data = text.encode()
+    _long(out, len(data))
+    out += data
+
+
+def _optional(out: bytearray, text: str | None) -> None:
+    """A ["null", "string"] union."""
+    if text is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _string(out, text)
+
+
+def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: EngineConfig) -> bytes:
+    """The Avro body (no single-object header) of a LedgerBatch holding `lines`."""
+    out = bytearray()
+    _string(out, batch_id)
+    _long(out, ts_ms)
+    out.append(SCHEMA_VERSION << 1)
+    if lines:
+        _long(out, len(lines))
+        scales = {symbol: a.scale for symbol, a in cfg.assets.items()}
+        for owner, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq \
+                in lines:
+            scale = scales[asset]
+            _string(out, f"{owner}/{entry_id}/{line_no}")
+            _long(out, ts)
+            out.append(SCHEMA_VERSION << 1)
+            _string(out, entry_id)
+            _string(out, entry_type)
+            _long(out, line_no)
+            _string(out, user_id)
+            _string(out, account)
+            _string(out, bucket)
+            _string(out, asset)
+            _string(out, format_amount(amount, scale))
+            _optional(out, None if before is None else format_amount(before, scale))
+            _optional(out, None if after is None else format_amount(after, scale))
+            _long(out, seq)
+    out.append(0)
+    return bytes(out)
+
+
+def result_batch_body(batch_id: str, ts_ms: int, results: list[Result]) -> bytes:
+    """The Avro body (no single-object header) of a ResultBatch holding `results`."""
+    out = bytearray()
+    _string(out, batch_id)
+    _long(out, ts_ms)
+    out.append(SCHEMA_VERSION << 1)
+    if results:
+        _long(out, len(results))
+        for rid, ts, user_id, kind, status, reason, detail, ledger_lines in results:
+            _string(out, rid)
+            _long(out, ts)
+            out.append(SCHEMA_VERSION << 1)
+            _string(out, user_id)
+            _string(out, kind)
+            out.append(_STATUS[status])
+            _optional(out, reason)
+            _string(out, detail)
+            _long(out, ledger_lines)
+    out.append(0)
+    return bytes(out)
+
+
+_STATUS: Final = {"ACCEPTED": 0, "REJECTED": 2}  # the Status enum's symbols, zig-zag encoded

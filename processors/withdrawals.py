@@ -8,6 +8,8 @@ approval makes it applicable.
 
 from __future__ import annotations
 
+from typing import Final
+
 from processors import checks
 from processors.applied import Applied
 from processors.config import EngineConfig
@@ -116,7 +118,7 @@ def _park(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
     return Applied(flag=Reason.PARKED, detail=f"no withdrawal {wid} yet: applied when it appears")
 
 
-CHAIN_STEPS = {"WithdrawalBroadcast": broadcast, "WithdrawalConfirmed": confirmed, "WithdrawalFailed": failed}
+CHAIN_STEPS: Final = {"WithdrawalBroadcast": broadcast, "WithdrawalConfirmed": confirmed, "WithdrawalFailed": failed}
 
 
 def _release_parked(state: UserState, wid: str, cfg: EngineConfig) -> tuple[LedgerLine, ...]:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import faust
 
 from streams.config import Settings
 from streams.topics import TopicSpec
+
+YOUNG_GENERATION = 50_000  # container allocations between collections of the youngest generation
+
+
+def tune_gc() -> None:
+    """For a worker process, once its modules are loaded. The core's values only refer downward (tuples,
+    dicts, slotted objects: no cycles), yet CPython's default of a young collection every 700 allocations
+    took ~20% of apply()'s time. Fewer, larger collections still find Faust's and asyncio's cycles; what
+    is loaded at start is moved out of the collector's sight for good."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION)
 
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
