@@ -99,8 +99,11 @@ def run(users: int = 5000, rounds: int = 9, paced_share: float = 0.7) -> dict[st
         try:
             accounts, deposits, cmds, _ = workload.steps(users, rounds)
             print(f"  engine, saturation: {len(cmds)} commands for {users} users ...", flush=True)
+            before = worker.get_json("/stats/")
             sat = _engine_phase(settings, [accounts, deposits], cmds, None)
             print(f"    {sat}", flush=True)
+            busy = _worker_time(before, worker.get_json("/stats/"))
+            print(f"    worker seconds during the phase: {busy}", flush=True)
             # twin users, so phase 2 does not pile onto phase 1's states
             setup2 = [[_renamed(c) for c in accounts], [_renamed(c) for c in deposits]]
             paced = [_renamed(c) for c in cmds]
@@ -113,10 +116,17 @@ def run(users: int = 5000, rounds: int = 9, paced_share: float = 0.7) -> dict[st
         out.update(e2e_commands=sat["commands"], e2e_commands_per_s=sat["per_s"], e2e_seconds=sat["seconds"],
                    e2e_saturated_p50_ms=sat["p50_ms"], e2e_saturated_p99_ms=sat["p99_ms"],
                    e2e_paced_rate=round(paced_rate), e2e_paced_commands_per_s=lat["per_s"],
-                   e2e_p50_ms=lat["p50_ms"], e2e_p99_ms=lat["p99_ms"])
+                   e2e_p50_ms=lat["p50_ms"], e2e_p99_ms=lat["p99_ms"],
+                   **{f"e2e_worker_{k}": v for k, v in busy.items()})
         out.update(_passthrough(base, users, rounds))
     out["e2e_vs_passthrough"] = round(out["e2e_commands_per_s"] / out["passthrough_per_s"], 3)
     return out
+
+
+def _worker_time(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Where the worker's time went between two /stats/ readings: applying and encoding a step
+    (process), waiting for its outputs' acks (deliver), storing states (store), waiting for input (idle)."""
+    return {k: round(after[f"{k}_s"] - before[f"{k}_s"], 2) for k in ("process", "deliver", "store", "idle")}
 
 
 def _renamed(c: Command) -> Command:

@@ -17,9 +17,9 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).resolve().parent
 COMPILED_DIR = SOURCE_DIR.parent / ".local" / "compiled" / "processors"
 DIGEST_FILE = COMPILED_DIR / "SOURCES.sha256"
-# Everything apply() runs, and the wire encoding of its outputs; not the Faust shell.
+# Everything a worker step runs (processors.batch down to apply()); not the Faust shell.
 CORE_MODULES = ("reasons", "money", "config", "messages", "state", "applied", "ledger", "checks", "accounts",
-                "deposits", "orders", "withdrawals", "engine", "wire")
+                "deposits", "orders", "withdrawals", "engine", "wire", "batch")
 
 
 def sources_digest() -> str:

@@ -24,7 +24,6 @@ import os
 import time
 import weakref
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import faust
@@ -69,10 +68,6 @@ def _by_size(events: list[Any], limit: int) -> list[list[Any]]:
     return chunks
 
 
-def _select(events_by_partition: dict[int, Any], partition: int) -> None:
-    _in_partition(events_by_partition[partition])
-
-
 def _exit_for_restart(reason: str) -> None:
     log.critical("exiting for a restart: %s", reason)
     logging.shutdown()
@@ -87,6 +82,7 @@ class Counters:
     outputs: int = 0
     dead_letters: int = 0
     redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
+    decoded: int = 0  # user states decoded from the table (not found in the cache of live states)
     # seconds spent per phase of a step, and waiting for the next poll
     process_s: float = 0.0
     deliver_s: float = 0.0
@@ -155,7 +151,10 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             # Taken out while the step mutates it: if the step is interrupted before the store,
             # the next load decodes the stored bytes instead of a half-stepped object.
             hit = cache.pop(user, None)
-            return hit[1] if hit is not None and hit[0] == raw else UserState.from_bytes(raw)
+            if hit is not None and hit[0] == raw:
+                return hit[1]
+            counters.decoded += 1
+            return UserState.from_bytes(raw)
 
         done = processor.run(
             ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
@@ -175,7 +174,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         # last: a progress entry in the changelog implies the states written before it
         entries += [(partition, progress_key(topic, partition), str(offset).encode())
                     for (topic, partition), offset in reached.items()]
-        await changelog[0].write(entries, partial(_select, by_partition))
+        await changelog[0].write(entries)
         for user, (_, state) in done.states.items():
             cache[user] = (encoded[user], state)
         processed.update(reached)

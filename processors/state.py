@@ -21,6 +21,7 @@ STATE_VERSION: Final = 3  # 2: applied results stored whole (with user_id); 3: p
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
 DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
+_JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
@@ -80,6 +81,9 @@ class UserState:
     # input id -> its result, the most recent `EngineConfig.applied_window` inputs, oldest first
     applied: dict[str, Result] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
+    # input id -> the JSON text of its result in `applied`: a result never changes, so storing the state
+    # after a step encodes only the new ones (the window is most of the stored bytes). Not state itself.
+    applied_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def balance(self, account: str, asset: str) -> list[int]:
         """The live triple (created on first use)."""
@@ -95,7 +99,9 @@ class UserState:
     def remember(self, result: Result, window: int) -> None:
         self.applied[result.id] = result
         while len(self.applied) > window:
-            del self.applied[next(iter(self.applied))]
+            oldest = next(iter(self.applied))
+            del self.applied[oldest]
+            self.applied_json.pop(oldest, None)
 
     def prune_withdrawals(self, keep_closed: int) -> None:
         """Finished withdrawals are history (the ledger keeps it); keep the newest few for duplicate ids."""
@@ -135,9 +141,19 @@ class UserState:
             },
             "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
             "parked": self.parked,
-            "applied": list(self.applied.values()),  # Results are tuples: JSON arrays as they are
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
+        texts = self.applied_json
+        if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
+            texts.clear()
+        window = []
+        for input_id, result in self.applied.items():
+            text = texts.get(input_id)
+            if text is None:
+                text = texts[input_id] = _JSON.encode(result)  # Results are tuples: JSON arrays as they are
+            window.append(text)
+        head = _JSON.encode(doc)
+        assert head[-1] == "}"
+        return f'{head[:-1]},"applied":[{",".join(window)}]}}'.encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:

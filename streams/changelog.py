@@ -2,16 +2,17 @@
 
 Faust sends one changelog record per `table[key] = value` through its Python producer, and the crash
 test showed its local RocksDB write can land before (and without) the changelog record. This writer
-sends a whole step's entries with librdkafka, waits for Kafka's acknowledgement, and only then puts
-them into the local store and advances the store's persisted changelog offsets, the same bookkeeping
-Faust's own `_on_changelog_sent` does, so Faust's recovery and standby replicas read it unchanged.
+sends a whole step's entries with librdkafka, waits for Kafka's acknowledgement, and only then writes
+them to the local store the way Faust's own recovery does (`apply_changelog_batch`): one RocksDB write
+batch per partition, atomic, with the persisted changelog offset, so Faust's recovery and standby
+replicas read it unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
 from faust.types import TP
@@ -23,13 +24,27 @@ from streams.output import DeliveryFailed
 Entry = tuple[int, bytes, bytes]  # partition, key, value
 
 
+class _Message(NamedTuple):
+    """What the store's apply_changelog_batch reads of a changelog event's message."""
+
+    tp: TP
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+
+
+class _Event(NamedTuple):
+    message: _Message
+
+
 class ChangelogWriter:
     def __init__(self, settings: Settings, table: Any) -> None:
         self._producer = Producer(producer_config(settings, **{"linger.ms": 1}))
         self._table = table
 
-    async def write(self, entries: Sequence[Entry], select_partition: Callable[[int], None]) -> None:
-        """`select_partition(p)` makes the local store address partition p (see processors.agents)."""
+    async def write(self, entries: Sequence[Entry]) -> None:
+        """Entries in order; within a partition the store applies them in that order, all or none."""
         if not entries:
             return
         topic = self._table.changelog_topic_name
@@ -52,9 +67,7 @@ class ChangelogWriter:
         left = await asyncio.to_thread(self._producer.flush, 60.0)
         if left or errors:
             raise DeliveryFailed(f"changelog: {left} unsent, errors {errors[:3]}")
-        store = self._table.data
-        for partition, key, value in entries:  # in order: a partition's progress entry comes last
-            select_partition(partition)
-            store[key] = value
-        for partition, offset in acked.items():
-            store.set_persisted_offset(TP(topic, partition), offset)
+        tps = {partition: TP(topic, partition) for partition in acked}
+        events = [_Event(_Message(tps[partition], partition, acked[partition], key, value))
+                  for partition, key, value in entries]
+        self._table.data.apply_changelog_batch(events, to_key=None, to_value=None)
