@@ -30,6 +30,7 @@ import faust
 from faust.streams import _current_event  # private, see _in_partition
 from faust.web import Request, Response, View
 
+import processors
 from processors.batch import BatchProcessor, Source
 from processors.config import EngineConfig
 from processors.money import format_amount
@@ -241,7 +242,8 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     class Stats(View):
         async def get(self, request: Request) -> Response:
             owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == inputs.topics[0])
-            return self.json({**vars(counters), "partitions": owned})
+            core = "compiled" if processors.COMPILED else f"Python: {processors.NOT_COMPILED_BECAUSE}"
+            return self.json({**vars(counters), "partitions": owned, "core": core})
 
     return counters
 

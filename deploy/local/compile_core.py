@@ -35,11 +35,11 @@ def main() -> int:
     root = SOURCE_DIR.parent
     build = COMPILED_DIR.parent / "build"
     started = time.monotonic()
-    print(f"compiling the core with mypyc ({len(CORE_MODULES)} modules, about a minute) ...", flush=True)
-    with tempfile.TemporaryDirectory(dir=COMPILED_DIR.parent.parent) as out:
+    print(f"compiling the core with mypyc ({len(CORE_MODULES)} modules, about 20 s) ...", flush=True)
+    build.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=build) as out:
         paths = [f"processors/{m}.py" for m in CORE_MODULES]
         setup = build / "setup.py"
-        build.mkdir(parents=True, exist_ok=True)
         setup.write_text(SETUP.format(paths=paths, c_dir=str(build / "c")))
         log = build / "build.log"
         with log.open("w") as sink:
