@@ -90,14 +90,21 @@ def _optional(out: bytearray, text: str | None) -> None:
         _string(out, text)
 
 
-def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: EngineConfig) -> bytes:
-    """The Avro body (no single-object header) of a LedgerBatch holding `lines`."""
+def _batch_start(batch_id: str, ts_ms: int, items: int) -> bytearray:
+    """A batch record's id, ts_ms and schema_version, and its array's item count (none if empty)."""
     out = bytearray()
     _string(out, batch_id)
     _long(out, ts_ms)
     out.append(SCHEMA_VERSION << 1)
+    if items:
+        _long(out, items)
+    return out
+
+
+def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: EngineConfig) -> bytes:
+    """The Avro body (no single-object header) of a LedgerBatch holding `lines`."""
+    out = _batch_start(batch_id, ts_ms, len(lines))
     if lines:
-        _long(out, len(lines))
         scales = {symbol: a.scale for symbol, a in cfg.assets.items()}
         for owner, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq \
                 in lines:
@@ -122,12 +129,8 @@ def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: E
 
 def result_batch_body(batch_id: str, ts_ms: int, results: list[Result]) -> bytes:
     """The Avro body (no single-object header) of a ResultBatch holding `results`."""
-    out = bytearray()
-    _string(out, batch_id)
-    _long(out, ts_ms)
-    out.append(SCHEMA_VERSION << 1)
+    out = _batch_start(batch_id, ts_ms, len(results))
     if results:
-        _long(out, len(results))
         for rid, ts, user_id, kind, status, reason, detail, ledger_lines in results:
             _string(out, rid)
             _long(out, ts)
