@@ -56,11 +56,16 @@ def test_sigkill_during_stream_loses_and_doubles_nothing(isolated_env: dict[str,
         kills: list[str] = []
         stop = threading.Event()
 
+        # Kill points in results answered, one at random in each of KILLS spans of the run: every kill
+        # happens mid-stream however fast the engine is (kills timed by the clock missed a quick run).
+        marks = [round(total * rng.uniform((i + 0.1) / KILLS, (i + 0.9) / KILLS) * 0.95) for i in range(KILLS)]
+
         def killer() -> None:
             """SIGKILL a random worker at random moments while results flow; its supervisor restarts it."""
-            for _ in range(KILLS):
-                if stop.wait(rng.uniform(2.0, 6.0)):
-                    return
+            for mark in marks:
+                while len(watcher.results) < mark:
+                    if stop.wait(0.02):
+                        return
                 victim = rng.choice(workers)
                 done = len(watcher.results)
                 victim.kill()
