@@ -13,6 +13,7 @@ help:
 	@echo "make up / down / status   start / stop / show the local stack (Kafka, anvil)"
 	@echo "make bench  run the benchmarks; figures are printed and saved under bench/results/"
 	@echo "make lint   ruff + mypy only"
+	@echo "make compile   build the compiled core (make test, demo and bench run it first)"
 
 # Python packages into a local virtual environment, once (again when pyproject.toml changes).
 $(STAMP): pyproject.toml

@@ -106,10 +106,10 @@ def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: E
     out = _batch_start(batch_id, ts_ms, len(lines))
     if lines:
         scales = {symbol: a.scale for symbol, a in cfg.assets.items()}
-        for owner, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq \
-                in lines:
+        for line in lines:
+            _, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq = line
             scale = scales[asset]
-            _string(out, f"{owner}/{entry_id}/{line_no}")
+            _string(out, line.id)
             _long(out, ts)
             out.append(SCHEMA_VERSION << 1)
             _string(out, entry_id)
