@@ -2,12 +2,17 @@
 states, and the web view that answers balance queries from the worker that owns the user.
 
 Per step (a poll of `take_events`, cut into runs of at most STEP_BYTES of input): decode and apply
-everything (processors.batch), send the outputs and wait
-for their acknowledgement, then store the touched user states, then the partition's progress (the
-last input offset applied). Faust acks the events only after the loop body returns and flushes the
-table's changelog before committing offsets, so after a crash either the state is unchanged (the
-inputs are re-applied and yield identical outputs with identical ids) or it already records the
-inputs (they are recognised as applied and change nothing).
+everything (processors.batch); store the order in which each partition's records were applied (its
+journal); send the outputs and wait for their acknowledgement; then store the touched user states,
+the partitions' progress (the last input offset applied per topic) and clear the journals. Faust acks
+the events only after the loop body returns, so after a crash a step's records come again, and:
+- if its journal was not stored, no output was sent: the records are applied afresh;
+- if its journal was stored and its progress was not, the outputs may be out: the journaled records are
+  re-applied in the journaled order before anything newer of the partition (`finish_interrupted`),
+  which gives the same outputs with the same ids; a state the step did store holds its inputs
+  (`UserState.through`) and skips them;
+- if its progress was stored, the records are replays: their users' states are stored again, and
+  nothing is applied or sent.
 
 Two guards against Faust rebalance defects seen in the crash test (faust-streaming issues #216 and
 #629): inputs must arrive in offset order (our input topics have contiguous offsets: idempotent,
@@ -19,10 +24,13 @@ but makes no progress for `stall_s` also makes the worker exit.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import signal
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +39,13 @@ from faust.streams import _current_event  # private, see _in_partition
 from faust.web import Request, Response, View
 
 import processors
-from processors.batch import BatchProcessor, Source
+from processors.batch import BatchProcessor, Source, Step
 from processors.config import EngineConfig
 from processors.money import format_amount
 from processors.state import UserState
 from streams.changelog import ChangelogWriter
 from streams.config import Settings
-from streams.kafka import consumer_config, watermarks
+from streams.kafka import consumer_config, read_range, watermarks
 from streams.output import OutputProducer
 from streams.topics import CHAIN_EVENTS, COMMANDS
 
@@ -53,6 +61,15 @@ def progress_key(topic: str, partition: int) -> bytes:
     """Lives in the users table (same changelog partition, written after the states it covers).
     User ids cannot start with NUL, so the keys never meet."""
     return f"\x00progress/{topic}/{partition}".encode()
+
+
+def journal_key(partition: int) -> bytes:
+    """The order in which the partition's current step applied its records (`Step.runs`, JSON); empty
+    (`NO_JOURNAL`) once the step's states are stored."""
+    return f"\x00journal/{partition}".encode()
+
+
+NO_JOURNAL = b"[]"
 
 
 def _by_size(events: list[Any], limit: int) -> list[list[Any]]:
@@ -75,6 +92,14 @@ def _exit_for_restart(reason: str) -> None:
     os._exit(EXIT_RESTART)
 
 
+def _kill_if_applied(done: Step, input_id: str) -> None:
+    """Fault injection (`Settings.fault_kill_after`): die the way a crash does, between outputs and states."""
+    if any(result.id == input_id for results in done.results.values() for result in results):
+        log.critical("fault injection: SIGKILL after the outputs of %s, before storing states", input_id)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class Counters:
     steps: int = 0
@@ -83,9 +108,12 @@ class Counters:
     outputs: int = 0
     dead_letters: int = 0
     redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
+    reapplied: int = 0  # records of interrupted steps re-applied in their journaled order
+    skipped: int = 0  # commands an interrupted step had already stored in their user's state
     decoded: int = 0  # user states decoded from the table (not found in the cache of live states)
     # seconds spent per phase of a step, and waiting for the next poll
     process_s: float = 0.0
+    journal_s: float = 0.0
     deliver_s: float = 0.0
     store_s: float = 0.0
     idle_s: float = 0.0
@@ -111,10 +139,11 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     # user -> (stored bytes, decoded state): skips JSON decoding while the stored bytes are unchanged
     # (after a recovery or rebalance they differ, and the stored state wins).
     cache: dict[str, tuple[bytes, UserState]] = {}
-    output: list[OutputProducer] = []  # created on first use, inside the worker process
+    output: list[OutputProducer] = []
     changelog: list[ChangelogWriter] = []
 
     processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied, this process
+    range_reader: list[Any] = []  # a consumer that reads journaled records back, created on first use
 
     def in_order(events: list[Any]) -> tuple[list[tuple[Any, bool]], dict[tuple[str, int], int]]:
         """Mark records already applied as replays; exit if Faust skipped any (see the module docstring).
@@ -138,13 +167,14 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             marked.append((ev, False))
         return marked, {tp: done for tp, done in progress.items() if done is not None}
 
-    async def step(events: list[Any]) -> None:
-        """One step: apply, send the outputs, then store states and progress."""
-        t0 = time.perf_counter()
-        marked, reached = in_order(events)
-        by_partition = {ev.message.partition: ev for ev in events}
+    def clients() -> tuple[OutputProducer, ChangelogWriter]:
+        if not output:  # created on first use, inside the worker process
+            output.append(OutputProducer(settings))
+            changelog.append(ChangelogWriter(settings, users))
+        return output[0], changelog[0]
 
-        def load(user: str, partition: int, by_partition: dict[int, Any] = by_partition) -> UserState | None:
+    def loader(by_partition: dict[int, Any]) -> Callable[[str, int], UserState | None]:
+        def load(user: str, partition: int) -> UserState | None:
             _in_partition(by_partition[partition])
             raw = users.get(user.encode())
             if raw is None:
@@ -157,37 +187,104 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             counters.decoded += 1
             return UserState.from_bytes(raw)
 
-        done = processor.run(
-            ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                     int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
-            load,
-        )
-        if not output:
-            output.append(OutputProducer(settings))
-            changelog.append(ChangelogWriter(settings, users))
+        return load
+
+    async def commit(done: Step, reached: dict[tuple[str, int], int], journaled: bool) -> None:
+        """Journal the step's order (unless it is already journaled), send its outputs and wait for their
+        acknowledgement, then store its states, the partitions' progress, and clear the journals."""
+        sender, store = clients()
+        t0 = time.perf_counter()
+        if not journaled:
+            # Before any output is visible: the order a re-application must follow (see finish_interrupted).
+            await store.write([(p, journal_key(p), json.dumps(runs).encode()) for p, runs in done.runs.items()])
         t1 = time.perf_counter()
-        counters.outputs += await output[0].deliver(done.records)
+        counters.outputs += await sender.deliver(done.records)
         t2 = time.perf_counter()
+        if settings.fault_kill_after and not journaled:
+            _kill_if_applied(done, settings.fault_kill_after)
         if len(cache) > STATE_CACHE_MAX:
             cache.clear()
         encoded = {user: state.to_bytes() for user, (_, state) in done.states.items()}
         entries = [(partition, user.encode(), encoded[user]) for user, (partition, _) in done.states.items()]
-        # last: a progress entry in the changelog implies the states written before it
+        # then: a progress entry in the changelog implies the states written before it
         entries += [(partition, progress_key(topic, partition), str(offset).encode())
                     for (topic, partition), offset in reached.items()]
-        await changelog[0].write(entries)
+        # last: a cleared journal implies the progress written before it
+        entries += [(partition, journal_key(partition), NO_JOURNAL) for partition in done.runs]
+        await store.write(entries)
         for user, (_, state) in done.states.items():
             cache[user] = (encoded[user], state)
         processed.update(reached)
-        t_end = time.perf_counter()
-        counters.process_s += t1 - t0
+        counters.journal_s += t1 - t0
         counters.deliver_s += t2 - t1
-        counters.store_s += t_end - t2
-        counters.steps += 1
-        counters.records += len(events)
+        counters.store_s += time.perf_counter() - t2
         counters.commands += done.commands
         counters.dead_letters += done.dead_letters
         counters.redelivered += done.replayed
+        counters.skipped += done.skipped
+
+    async def finish_interrupted(events: list[Any]) -> None:
+        """Re-apply a step that was interrupted after its journal was stored but before its progress was.
+
+        Its outputs may be out already, so it must give the same outputs again: the same records in the
+        same order, which a new poll cannot promise (the commands and chain-event topics have no order
+        between them, and newer records may have arrived). So the journaled records are read back from
+        the log and applied in the journaled order, before anything else of their partition; states the
+        step did store already hold their inputs and skip them (`UserState.through`)."""
+        first_event: dict[int, Any] = {}
+        for ev in events:
+            first_event.setdefault(ev.message.partition, ev)
+        for partition, ev in first_event.items():
+            _in_partition(ev)
+            raw = users.get(journal_key(partition))
+            if raw is None or raw == NO_JOURNAL:
+                continue
+            progress = {}
+            for topic in {run[0] for run in json.loads(raw)}:
+                stored = users.get(progress_key(topic, partition))
+                progress[topic] = int(stored) if stored is not None else -1
+            journal = json.loads(raw)
+            # progress is stored per step, so a run is wholly before it or wholly after it
+            assert all(first > progress[t] or last <= progress[t] for t, first, last in journal), (journal, progress)
+            runs = [run for run in journal if run[2] > progress[run[0]]]
+            if not runs:  # the step's progress was stored, the clearing of its journal was not
+                await clients()[1].write([(partition, journal_key(partition), NO_JOURNAL)])
+                continue
+            span: dict[str, tuple[int, int]] = {}
+            for topic, first, last in runs:
+                lo, hi = span.get(topic, (first, last))
+                span[topic] = (min(lo, first), max(hi, last))
+            log.warning("partition %d: re-applying the interrupted step %s in its journaled order", partition, runs)
+            if not range_reader:
+                from confluent_kafka import Consumer
+
+                range_reader.append(Consumer(consumer_config(settings, f"{settings.app_id}-journal")))
+            records = {topic: await asyncio.to_thread(read_range, range_reader[0], topic, partition, lo, hi)
+                       for topic, (lo, hi) in span.items()}
+            inputs = []
+            for topic, first, last in runs:
+                for offset in range(first, last + 1):
+                    key, value, ts_ms = records[topic][offset]
+                    inputs.append((Source(topic, partition, offset, key, ts_ms), value))
+            done = processor.run(inputs, loader({partition: ev}))
+            assert done.runs == {partition: runs}, f"re-applied {done.runs}, journaled {runs}"
+            await commit(done, {(topic, partition): hi for topic, (_, hi) in span.items()}, journaled=True)
+            counters.reapplied += len(inputs)
+
+    async def step(events: list[Any]) -> None:
+        """One step: apply, journal the order, send the outputs, then store states and progress."""
+        await finish_interrupted(events)
+        t0 = time.perf_counter()
+        marked, reached = in_order(events)
+        done = processor.run(
+            ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
+                     int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
+            loader({ev.message.partition: ev for ev in events}),
+        )
+        counters.process_s += time.perf_counter() - t0
+        await commit(done, reached, journaled=False)
+        counters.steps += 1
+        counters.records += len(events)
 
     @app.agent(inputs)
     async def engine(stream: Any) -> None:

@@ -43,6 +43,7 @@ class Source:
 
 
 OutRecord = tuple[TopicSpec, bytes | None, bytes, int]  # topic, key, value, partition (-1: by key)
+Run = list[Any]  # [topic, first offset, last offset]: JSON as it is
 RESULTS_PER_RECORD = 1000
 LINES_PER_RECORD = 2500  # ~200 bytes each: records stay well under Kafka's 1 MB default
 
@@ -59,14 +60,28 @@ class Step:
     states: dict[str, tuple[int, UserState]] = field(default_factory=dict)  # user -> (partition, state)
     results: dict[int, list[Result]] = field(default_factory=dict)  # partition -> results, in order
     lines: dict[int, list[LedgerLine]] = field(default_factory=dict)  # partition -> ledger lines, in order
-    offsets: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # partition -> (topic, first, last)
+    # partition -> the records applied, in the order applied: runs of consecutive offsets of one topic.
+    # The worker journals these before sending the outputs, so that a step interrupted after its outputs
+    # were sent is re-applied in the very same order (two input topics have no order between them).
+    runs: dict[int, list[Run]] = field(default_factory=dict)
+    # user -> input positions of the state as loaded: inputs at or below them are already in it
+    floors: dict[str, dict[str, int]] = field(default_factory=dict)
     commands: int = 0
     dead_letters: int = 0
     replayed: int = 0
+    skipped: int = 0  # commands already in the loaded state (an interrupted step stored it): not re-applied
     ts_ms: int = 0  # the latest input timestamp of the step: the batch records' time
 
 
 Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
+
+
+def _extend_runs(runs: list[Run], topic: str, offset: int) -> None:
+    last = runs[-1] if runs else None
+    if last is not None and last[0] == topic and last[2] + 1 == offset:
+        last[2] = offset
+    else:
+        runs.append([topic, offset, offset])
 
 
 class BatchProcessor:
@@ -78,8 +93,8 @@ class BatchProcessor:
     def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader) -> Step:
         step = Step()
         for source, value in inputs:
-            topic, first, _ = step.offsets.get(source.partition, (source.topic, source.offset, 0))
-            step.offsets[source.partition] = (topic, first, source.offset)
+            if not source.replay:
+                _extend_runs(step.runs.setdefault(source.partition, []), source.topic, source.offset)
             try:
                 name, record = CODEC.decode(value or b"")  # a tombstone (None) is not an input
                 if name == "Command":
@@ -96,7 +111,7 @@ class BatchProcessor:
                 if source.replay:
                     self._restore(step, source.partition, cmd.user_id, load)
                 else:
-                    self._apply(step, source.partition, cmd, load)
+                    self._apply(step, source, cmd, load)
         header = CODEC.header("ResultBatch")
         for partition, n, results in self._chunks(step, step.results, RESULTS_PER_RECORD):
             step.records.append((RESULTS, None, header + result_batch_body(n, step.ts_ms, results), partition))
@@ -109,19 +124,23 @@ class BatchProcessor:
     def _chunks(step: Step, per_partition: dict[int, list[Any]], size: int) -> Iterable[tuple[int, str, list[Any]]]:
         """(partition, batch record id, items) per batch record: the id names the inputs of the step."""
         for partition, items in per_partition.items():
-            topic, first, last = step.offsets[partition]
+            span: dict[str, list[int]] = {}  # topic -> [first, last], in the order first applied
+            for topic, first, last in step.runs[partition]:
+                span.setdefault(topic, [first, last])[1] = last
+            inputs = "+".join(f"{topic}/{partition}/{first}-{last}" for topic, (first, last) in span.items())
             for n, i in enumerate(range(0, len(items), size)):
-                yield partition, f"{topic}/{partition}/{first}-{last}/{n}", items[i : i + size]
+                yield partition, f"{inputs}/{n}", items[i : i + size]
 
     def _restore(self, step: Step, partition: int, user: str, load: Loader) -> None:
         step.replayed += 1
         if user in step.states or not user or not user.isprintable() or self._owner(user) != partition:
             return
-        state = load(user, partition)
+        state = self._load(step, user, partition, load)
         if state is not None:
             step.states[user] = (partition, state)
 
-    def _apply(self, step: Step, partition: int, cmd: Command, load: Loader) -> None:
+    def _apply(self, step: Step, source: Source, cmd: Command, load: Loader) -> None:
+        partition = source.partition
         step.commands += 1
         if cmd.ts_ms > step.ts_ms:
             step.ts_ms = cmd.ts_ms
@@ -138,10 +157,26 @@ class BatchProcessor:
             self._emit(step, partition, Outcome(result))
             return
         held = step.states.get(cmd.user_id)
-        state = held[1] if held is not None else load(cmd.user_id, partition)
+        state = held[1] if held is not None else self._load(step, cmd.user_id, partition, load)
+        floor = step.floors[cmd.user_id].get(source.topic)
+        if floor is not None and source.offset <= floor:
+            # Stored by an interrupted step, whose outputs were sent before any state was stored.
+            assert state is not None
+            step.skipped += 1
+            step.states[cmd.user_id] = (partition, state)
+            return
         state, outcome = apply(state, cmd, self.cfg)
+        state.through[source.topic] = source.offset
         step.states[cmd.user_id] = (partition, state)
         self._emit(step, partition, outcome)
+
+    @staticmethod
+    def _load(step: Step, user: str, partition: int, load: Loader) -> UserState | None:
+        """A user's stored state, first touched in this step; notes the inputs it already holds."""
+        assert user not in step.states
+        state = load(user, partition)
+        step.floors[user] = dict(state.through) if state is not None else {}
+        return state
 
     def _owner(self, user: str) -> int:
         owner = self._partition_of.get(user)

@@ -38,7 +38,8 @@ class EngineConfig:
     rules: dict[str, AssetRules]
     chains: dict[str, Chain]
     # Recent input ids per user, with their results: a client that resends a command id gets the first
-    # answer again. (Redelivery after a crash is caught earlier, by the partition's progress.)
+    # answer again. (Redelivery after a crash is caught earlier: by the partition's progress and the
+    # input positions stored with each state.)
     applied_window: int = 64
     closed_withdrawals_kept: int = 32
     parked_max: int = 16  # chain events waiting for their withdrawal, per user

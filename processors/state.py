@@ -16,7 +16,9 @@ from processors.messages import Result
 AVAILABLE: Final = 0
 FROZEN: Final = 1
 BORROWED: Final = 2
-STATE_VERSION: Final = 3  # 2: applied results stored whole (with user_id); 3: parked chain events
+# 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`)
+STATE_VERSION: Final = 4
+READS_VERSIONS: Final = frozenset({3, 4})  # a version 3 state has no positions: read as "none recorded"
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -81,6 +83,10 @@ class UserState:
     # input id -> its result, the most recent `EngineConfig.applied_window` inputs, oldest first
     applied: dict[str, Result] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
+    # input topic -> offset of the latest record whose inputs this state includes (on the user's
+    # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
+    # crash that stored some of a step's states and not others, re-applying the step skips them here.
+    through: dict[str, int] = field(default_factory=dict)
     # input id -> the JSON text of its result in `applied`: a result never changes, so storing the state
     # after a step encodes only the new ones (the window is most of the stored bytes). Not state itself.
     applied_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -141,6 +147,7 @@ class UserState:
             },
             "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
             "parked": self.parked,
+            "through": self.through,
         }
         texts = self.applied_json
         if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
@@ -158,7 +165,7 @@ class UserState:
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         doc = json.loads(data)
-        assert doc["v"] == STATE_VERSION, f"state version {doc['v']} is not the {STATE_VERSION} this release reads"
+        assert doc["v"] in READS_VERSIONS, f"state version {doc['v']} is not one this release reads"
         user = doc["user"]
         return cls(
             user_id=user,
@@ -172,5 +179,6 @@ class UserState:
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
             deposits={k: Deposit(*v) for k, v in doc["deposits"].items()},
             parked=doc["parked"],
+            through=doc.get("through", {}),
             applied={r[0]: Result(*r) for r in doc["applied"]},
         )

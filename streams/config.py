@@ -39,6 +39,9 @@ class Settings:
     # A partition with records waiting and no progress for this long makes the worker exit (to be
     # restarted): the guard against Faust leaving an assigned partition unfetched after a rebalance.
     stall_s: float = field(default_factory=lambda: float(_env("POSFLOW_STALL_S", "30")))
+    # Fault injection, for crash tests only: the worker SIGKILLs itself right after the outputs of the
+    # step that applied this input id are acknowledged, before the step's states are stored.
+    fault_kill_after: str = field(default_factory=lambda: _env("POSFLOW_FAULT_KILL_AFTER", ""))
 
     def __post_init__(self) -> None:
         assert self.partitions >= 1, "POSFLOW_PARTITIONS must be a positive integer"

@@ -49,3 +49,35 @@ def watermarks(consumer: Any, topic: str, partition: int, timeout_s: float = 30.
             if not (err.retriable() or err.code() in settling) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def read_range(consumer: Any, topic: str, partition: int, first: int, last: int,
+               timeout_s: float = 60.0) -> dict[int, tuple[bytes | None, bytes | None, int]]:
+    """Records first..last of one partition: offset -> (key, value, timestamp ms). Raises unless all are
+    there (a gap means the log lost records: retention, or a topic recreated)."""
+    import time
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, first)])
+    found: dict[int, tuple[bytes | None, bytes | None, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < last - first + 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}/{partition}: read {len(found)} of offsets {first}..{last} "
+                                   f"in {timeout_s:.0f}s")
+            for msg in consumer.consume(1000, timeout=1.0):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"{topic}/{partition}: {err}")
+                offset = msg.offset()
+                if first <= offset <= last:
+                    found[offset] = (msg.key(), msg.value(), msg.timestamp()[1])
+                elif offset > last and len(found) < last - first + 1:
+                    raise RuntimeError(f"{topic}/{partition}: offsets {first}..{last} are not all in the log")
+    finally:
+        consumer.unassign()
+    return found

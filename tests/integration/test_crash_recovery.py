@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS, ROUNDS = 1200, 8
 KILLS = 3
+LOW, HIGH = 0.05, 0.97  # where kills may land, as shares of the results answered
 
 
 def _settings(env: dict[str, str]) -> Settings:
@@ -57,12 +59,10 @@ def test_sigkill_during_stream_loses_and_doubles_nothing(isolated_env: dict[str,
         stop = threading.Event()
 
         # Kill points in results answered (kills timed by the clock missed a quick run): one at random in
-        # each of KILLS spans of 10%..80% of the run, inside the trading step. KNOWN DEFECT, kept out of
-        # this test until fixed: a kill just before the client moves from one input topic to the other
-        # (the trading step's commands, then the chain's confirmations) can make the recovering worker
-        # re-apply the lost step's commands after a newer chain event, in another order than the first
-        # time, so one ledger id gets two contents (seen once: seed 841105111, third kill at 51,624).
-        marks = [round(total * rng.uniform(0.1 + i * 0.7 / KILLS, 0.1 + (i + 1) * 0.7 / KILLS)) for i in range(KILLS)]
+        # each of KILLS spans of 5%..97% of the run, so kills land in every step of the workload and at
+        # the moves from one input topic to the other (test_killed_between_outputs_and_states aims at one).
+        marks = [round(total * rng.uniform(LOW + i * (HIGH - LOW) / KILLS, LOW + (i + 1) * (HIGH - LOW) / KILLS))
+                 for i in range(KILLS)]
 
         def killer() -> None:
             """SIGKILL a random worker at random moments while results flow; its supervisor restarts it."""
@@ -87,13 +87,60 @@ def test_sigkill_during_stream_loses_and_doubles_nothing(isolated_env: dict[str,
         chaos.join(60)
         print("kills:", kills, "exit codes:", {w.web_port: w.exits for w in workers})
         assert len(kills) == KILLS, f"the run ended before all kills happened: {kills}"
-        _check(settings, watcher, steps, workers)
+        _check(settings, watcher, steps, workers, USERS, ROUNDS)
     finally:
         for w in workers:
             w.stop()
 
 
-def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], workers: list[WorkerProcess]) -> None:
+def test_killed_between_outputs_and_states_reapplies_in_the_first_order(isolated_env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    """The moment that needs the journal, hit on purpose. A step holding one user's last trading round
+    sends its outputs (the client has every result), and the worker dies before storing states. The
+    client moves on to the chain's confirmations, on the other input topic; one confirms the user's
+    earlier withdrawal. Applied before the lost round, it would shift the round's ledger sequence
+    numbers, and ledger ids would get second contents: the restarted worker must re-apply the
+    journaled step first."""
+    users, rounds = 60, 8  # withdrawals in rounds 3 and 7; the chain step confirms both
+    settings = _settings(isolated_env)
+    create_all(settings)
+    steps = workload.steps(users, rounds)
+    user = workload.user_name(users - 1)
+    last_round = [c for c in steps[2] if c.user_id == user and c.id.startswith((f"{user}-o7-", f"{user}-w7-"))]
+    trading = [c for c in steps[2] if c not in last_round]
+    home = str(tmp_path / "w")
+    env = {**isolated_env, "POSFLOW_HOME": home}
+    doomed = WorkerProcess("streams.worker", 16403, {**env, "POSFLOW_FAULT_KILL_AFTER": last_round[-1].id},
+                           tmp_path / "first.log", loglevel="info")
+    again = WorkerProcess("streams.worker", 16403, env, tmp_path / "second.log", loglevel="info")
+    try:
+        doomed.start()
+        doomed.wait_until("/stats/", lambda s: True, timeout=120)
+        watcher = ResultWatcher(settings)
+        client = CommandClient(settings)
+        for step in [steps[0], steps[1], trading, last_round]:  # the last round: one record, one step
+            client.send_batch(step)
+            client.flush()
+            watcher.wait_for([c.id for c in step], timeout=120)
+        deadline = time.monotonic() + 30
+        while doomed.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not doomed.alive(), "the fault did not fire: " + doomed.log_tail()
+        assert "fault injection: SIGKILL" in doomed.log_tail(200)
+        client.send_batch(steps[3])
+        client.flush()
+        again.start()
+        watcher.wait_for([c.id for c in steps[3]], timeout=120)
+        stats = again.get_json("/stats/")
+        assert stats["reapplied"] == 1, f"the journaled step (one record) was not re-applied: {stats}"
+        _check(settings, watcher, steps, [again, again], users, rounds)
+    finally:
+        doomed.stop()
+        again.stop()
+
+
+def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], workers: list[WorkerProcess],
+           users: int, rounds: int) -> None:
     cfg = default_config()
     # every command answered, and accepted (the workload is valid in the order the client sends it)
     refused = [r for step in steps for c in step if (r := watcher.results[c.id]).status != "ACCEPTED"]
@@ -112,8 +159,8 @@ def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], w
         if line["user_id"]:
             derived[(line["user_id"], line["account"], line["asset"], line["bucket"])] += amount
     assert all(v == 0 for v in net.values()), f"ledger unbalanced: {dict(net)}"
-    want = workload.expected_balances(ROUNDS)
-    for i in range(USERS):
+    want = workload.expected_balances(rounds)
+    for i in range(users):
         user = workload.user_name(i)
         for (account, asset), (available, frozen) in want.items():
             assert derived[(user, account, asset, "available")] == available, (user, account, asset)
@@ -121,7 +168,7 @@ def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], w
 
     # the engine's live state, asked through either worker, agrees with the model
     scale = {a: cfg.assets[a].scale for a in cfg.assets}
-    for i in range(0, USERS, 7):
+    for i in range(0, users, 7):
         user = workload.user_name(i)
         view = workers[i % 2].wait_until(f"/users/{user}/balances", lambda v: "balances" in v, timeout=60)
         got = {(r["account"], r["asset"]): (parse_signed(r["available"], scale[r["asset"]]),
