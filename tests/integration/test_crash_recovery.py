@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +146,7 @@ def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], w
     refused = [r for step in steps for c in step if (r := watcher.results[c.id]).status != "ACCEPTED"]
     assert not refused, f"{len(refused)} refused, e.g. {refused[:3]}"
 
-    # the ledger: each id has one content; derived balances equal the model
-    contents: dict[str, dict[str, Any]] = {}
-    for line in read_ledger(settings, timeout=120):
-        seen = contents.setdefault(line["id"], line)
-        assert seen == line, f"ledger id {line['id']} has two contents:\n{seen}\n{line}"
+    contents = _whole_ledger(settings, watcher)
     derived: dict[tuple[str, str, str, str], int] = defaultdict(int)
     net: dict[str, int] = defaultdict(int)
     for line in contents.values():
@@ -174,3 +170,21 @@ def _check(settings: Settings, watcher: ResultWatcher, steps: list[list[Any]], w
         got = {(r["account"], r["asset"]): (parse_signed(r["available"], scale[r["asset"]]),
                                             parse_signed(r["frozen"], scale[r["asset"]])) for r in view["balances"]}
         assert got == want, f"{user}: engine {got} != model {want}"
+
+
+def _whole_ledger(settings: Settings, watcher: ResultWatcher, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The ledger by line id, once it holds every line the results announce, each id with one content.
+    A result can be read before its ledger lines: they go to another topic in the same send."""
+    announced = {r.id: r.ledger_lines for r in watcher.results.values() if r.ledger_lines}
+    deadline = time.monotonic() + timeout
+    while True:
+        contents: dict[str, dict[str, Any]] = {}
+        for line in read_ledger(settings, timeout=120):
+            seen = contents.setdefault(line["id"], line)
+            assert seen == line, f"ledger id {line['id']} has two contents:\n{seen}\n{line}"
+        have = Counter(line["entry_id"] for line in contents.values())
+        short = [entry for entry, n in announced.items() if have[entry] != n]
+        if not short:
+            return contents
+        assert time.monotonic() < deadline, f"{len(short)} entries without their announced lines, e.g. {short[:3]}"
+        time.sleep(1)
