@@ -125,7 +125,8 @@ def run(users: int = 5000, rounds: int = 9, paced_share: float = 0.7) -> dict[st
 
 def _worker_time(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """Where the worker's time went between two /stats/ readings: applying and encoding a step
-    (process), waiting for its outputs' acks (deliver), storing states (store), waiting for input (idle)."""
+    (process), storing its journal before the outputs (journal), waiting for its outputs' acks (deliver),
+    storing states (store), waiting for input (idle)."""
     return {k: round(after[f"{k}_s"] - before[f"{k}_s"], 2) for k in ("process", "journal", "deliver", "store", "idle")}
 
 
