@@ -278,7 +278,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         marked, reached = in_order(events)
         done = processor.run(
             ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                     int(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
+                     round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
             loader({ev.message.partition: ev for ev in events}),
         )
         counters.process_s += time.perf_counter() - t0
