@@ -14,13 +14,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from processors.messages import Command, Result
 from processors.wire import command_to_avro, result_from_avro
 from schemas import CODEC
 from streams.config import Settings
-from streams.kafka import consumer_config, producer_config, watermarks
+from streams.kafka import consumed, consumer_config, producer_config, watermarks
 from streams.partitioner import partition_for
 from streams.topics import CHAIN_EVENTS, COMMANDS, LEDGER, RESULTS
 
@@ -92,12 +92,7 @@ class ResultWatcher:
 
     def poll(self, timeout: float = 0.2, max_records: int = 10_000) -> int:
         got = 0
-        for msg in self._consumer.consume(max_records, timeout):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"reading results: {err}")
+        for msg in consumed(self._consumer, max_records, timeout, "results"):
             now = time.monotonic()
             for record in results_in(msg.value() or b""):
                 result = result_from_avro(record)

@@ -57,7 +57,7 @@ def read_range(consumer: Any, topic: str, partition: int, first: int, last: int,
     there (a gap means the log lost records: retention, or a topic recreated)."""
     import time
 
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import TopicPartition
 
     consumer.assign([TopicPartition(topic, partition, first)])
     found: dict[int, tuple[bytes | None, bytes | None, int]] = {}
@@ -67,12 +67,7 @@ def read_range(consumer: Any, topic: str, partition: int, first: int, last: int,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}/{partition}: read {len(found)} of offsets {first}..{last} "
                                    f"in {timeout_s:.0f}s")
-            for msg in consumer.consume(1000, timeout=1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise RuntimeError(f"{topic}/{partition}: {err}")
+            for msg in consumed(consumer, 1000, 1.0, f"{topic}/{partition}"):
                 offset = msg.offset()
                 if first <= offset <= last:
                     found[offset] = (msg.key(), msg.value(), msg.timestamp()[1])
@@ -81,3 +76,17 @@ def read_range(consumer: Any, topic: str, partition: int, first: int, last: int,
     finally:
         consumer.unassign()
     return found
+
+
+def consumed(consumer: Any, max_records: int, timeout_s: float, what: str) -> list[Any]:
+    """One `consume` call's records; end-of-partition events are skipped, any other error raises."""
+    from confluent_kafka import KafkaError
+
+    records = []
+    for msg in consumer.consume(max_records, timeout_s):
+        err = msg.error()
+        if err is None:
+            records.append(msg)
+        elif err.code() != KafkaError._PARTITION_EOF:
+            raise RuntimeError(f"reading {what}: {err}")
+    return records
