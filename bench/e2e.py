@@ -160,7 +160,8 @@ def _record_count(cmds: list[Command], partitions: int) -> int:
     """CommandBatch records the client makes of `cmds` (per input topic and partition)."""
     from collections import Counter
 
-    from streams.client import BATCH_MAX, CHAIN_KINDS
+    from processors.messages import CHAIN_KINDS
+    from streams.client import BATCH_MAX
     from streams.partitioner import partition_for
 
     per = Counter((c.kind in CHAIN_KINDS, partition_for(c.user_id.encode(), partitions)) for c in cmds)

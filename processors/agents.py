@@ -134,7 +134,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         partitions=settings.partitions,
     )
     users = app.Table("users", default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    processor = BatchProcessor(cfg, settings.partitions)
+    processor = BatchProcessor(cfg, settings.partitions, CHAIN_EVENTS.name(settings))
     counters = Counters()
     # user -> (stored bytes, decoded state): skips JSON decoding while the stored bytes are unchanged
     # (after a recovery or rebalance they differ, and the stored state wins).

@@ -13,7 +13,7 @@ from typing import Any
 
 from processors.config import EngineConfig
 from processors.engine import apply
-from processors.messages import Command, LedgerLine, Outcome, Result
+from processors.messages import CHAIN_KINDS, Command, LedgerLine, Outcome, Result
 from processors.reasons import Reason
 from processors.state import UserState
 from processors.wire import (
@@ -85,9 +85,10 @@ def _extend_runs(runs: list[Run], topic: str, offset: int) -> None:
 
 
 class BatchProcessor:
-    def __init__(self, cfg: EngineConfig, partitions: int) -> None:
+    def __init__(self, cfg: EngineConfig, partitions: int, chain_topic: str) -> None:
         self.cfg = cfg
         self.partitions = partitions
+        self.chain_topic = chain_topic  # the one topic chain events are taken from (CHAIN_KINDS)
         self._partition_of: dict[str, int] = {}
 
     def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader) -> Step:
@@ -148,6 +149,11 @@ class BatchProcessor:
             # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,
                             "user_id must be non-empty printable text", 0)
+            self._emit(step, partition, Outcome(result))
+            return
+        if cmd.kind in CHAIN_KINDS and source.topic != self.chain_topic:
+            result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_SOURCE.value,
+                            f"{cmd.kind} is accepted from {self.chain_topic} only, not from {source.topic}", 0)
             self._emit(step, partition, Outcome(result))
             return
         if self._owner(cmd.user_id) != partition:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
 
+
+# What the chain reports. These credit and debit real money, so the engine takes them only from the
+# chain-events topic, which only the chain watcher may write (Kafka ACLs, DESIGN §7).
+CHAIN_KINDS: Final = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
+                                "WithdrawalConfirmed", "WithdrawalFailed"})
 
 class Command(NamedTuple):
     """One input for one user. `kind` is the Avro body type's short name; `body` its fields."""

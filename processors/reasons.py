@@ -20,6 +20,7 @@ class Reason(StrEnum):
     SAME_ACCOUNT = "SAME_ACCOUNT"
     ACCOUNT_FROZEN = "ACCOUNT_FROZEN"  # frozen by risk: only chain events still apply
     WRONG_PARTITION = "WRONG_PARTITION"  # a batch record holding a user of another partition: producer bug
+    WRONG_SOURCE = "WRONG_SOURCE"  # a chain event not on the chain-events topic (only the watcher writes that)
     MALFORMED_COMMAND = "MALFORMED_COMMAND"  # fields the schema allows but the business does not
     # balances and holds
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from processors.messages import Command, Result
+from processors.messages import CHAIN_KINDS, Command, Result
 from processors.wire import command_to_avro, result_from_avro
 from schemas import CODEC
 from streams.config import Settings
@@ -24,8 +24,6 @@ from streams.kafka import consumed, consumer_config, producer_config, watermarks
 from streams.partitioner import partition_for
 from streams.topics import CHAIN_EVENTS, COMMANDS, LEDGER, RESULTS
 
-CHAIN_KINDS = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
-                         "WithdrawalConfirmed", "WithdrawalFailed"})
 BATCH_MAX = 500  # commands per CommandBatch record
 
 

@@ -14,6 +14,7 @@ from streams.partitioner import partition_for
 from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TopicSpec
 
 PARTITIONS = 4
+CHAIN = "t.chain-events"
 
 
 def user_on(partition: int) -> str:
@@ -43,7 +44,7 @@ def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
     inputs = [(src(1, 0), b"garbage"), (src(1, 1), truncated), (src(1, 2), to_sign), (src(1, 3), unknown_schema),
               (src(1, 4), None), (src(1, 5), good)]
     stored: dict[str, UserState] = {}
-    step = BatchProcessor(default_config(), PARTITIONS).run(inputs, lambda u, p: stored.get(u))
+    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run(inputs, lambda u, p: stored.get(u))
     dead = [CODEC.decode_as("DeadLetter", v) for spec, _, v, _ in step.records if spec is DEAD_LETTER]
     assert [d["source_offset"] for d in dead] == [0, 1, 2, 3, 4]
     assert dead[0]["value"] == b"garbage" and dead[1]["value"] == truncated and dead[4]["value"] is None
@@ -58,27 +59,45 @@ def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None
     user = user_on(2)
     batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1, "commands": [
         command_to_avro(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))]})
-    step = BatchProcessor(default_config(), PARTITIONS).run([(src(0, 0), batch)], lambda u, p: None)
+    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(src(0, 0), batch)], lambda u, p: None)
     ((partition, result),) = batched(step, RESULTS, "ResultBatch", "results")
     assert result["reason"] == "WRONG_PARTITION" and partition == 0 and not step.states
 
 
-def test_batch_applies_in_order_and_emits_ledger_keyed_by_user() -> None:
+def test_step_applies_both_topics_in_order_and_emits_ledger_keyed_by_user() -> None:
     user = user_on(3)
-    cmds = [Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-            Command("ethereum:0xaa:0", 2, user, "DepositConfirmed",
-                    {"chain": "ethereum", "tx_hash": "0xaa", "log_index": 0, "address": "0x" + "1" * 40,
-                     "asset": "ETH", "amount": "1.5", "block_number": 9, "account": "spot"}),
-            Command("t", 3, user, "Transfer", {"asset": "ETH", "amount": "0.5", "from_account": "spot",
-                                               "to_account": "staking"})]
-    batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1,
-                                          "commands": [command_to_avro(c) for c in cmds]})
-    step = BatchProcessor(default_config(), PARTITIONS).run([(src(3, 0), batch)], lambda u, p: None)
+    opened = Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+    deposit = Command("ethereum:0xaa:0", 2, user, "DepositConfirmed",
+                      {"chain": "ethereum", "tx_hash": "0xaa", "log_index": 0, "address": "0x" + "1" * 40,
+                       "asset": "ETH", "amount": "1.5", "block_number": 9, "account": "spot"})
+    transfer = Command("t", 3, user, "Transfer", {"asset": "ETH", "amount": "0.5", "from_account": "spot",
+                                                  "to_account": "staking"})
+    inputs = [(src(3, 7), encoded(opened)), (Source(CHAIN, 3, 4, b"k", 0), encoded(deposit)),
+              (src(3, 8), encoded(transfer))]
+    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run(inputs, lambda u, p: None)
     lines = batched(step, LEDGER, "LedgerBatch", "lines")
     assert {p for p, _ in lines} == {3}, "a user's lines go to the user's partition"
     assert [ln["amount"] for _, ln in lines] == ["1.500000000000000000", "-1.500000000000000000",
                                                  "-0.500000000000000000", "0.500000000000000000"]
     assert step.states[user][1].balance("staking", "ETH") == [5 * 10**17, 0, 0]
+    assert step.states[user][1].through == {"t.commands": 8, CHAIN: 4}
+    assert step.runs == {3: [["t.commands", 7, 7], [CHAIN, 4, 4], ["t.commands", 8, 8]]}
+    ids = [CODEC.decode_as("LedgerBatch", v)["id"] for spec, _, v, _ in step.records if spec is LEDGER]
+    assert ids == [f"t.commands/3/7-8+{CHAIN}/3/4-4/0"], "a batch names its step's inputs per topic"
+
+
+def test_chain_events_are_taken_from_the_chain_topic_only() -> None:
+    user = user_on(2)
+    stored = {user: UserState(user, kyc_tier=1)}
+    forged = Command("ethereum:0xbb:0", 2, user, "DepositConfirmed",
+                     {"chain": "ethereum", "tx_hash": "0xbb", "log_index": 0, "address": "0x" + "1" * 40,
+                      "asset": "USDT", "amount": "1000000", "block_number": 9, "account": "spot"})
+    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(src(2, 0), encoded(forged))],
+                                                                  lambda u, p: stored.get(u))
+    ((_, result),) = batched(step, RESULTS, "ResultBatch", "results")
+    assert (result["status"], result["reason"]) == ("REJECTED", "WRONG_SOURCE")
+    assert not batched(step, LEDGER, "LedgerBatch", "lines") and not step.states
+    assert stored[user].balances == {} and stored[user].applied == {}
 
 
 def test_replayed_records_restore_states_without_applying_or_emitting() -> None:
@@ -87,7 +106,7 @@ def test_replayed_records_restore_states_without_applying_or_emitting() -> None:
     transfer = encoded(Command("t", 5, user, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
                                                            "to_account": "margin"}))
     replay = Source("t.commands", 1, 7, b"k", 0, replay=True)
-    step = BatchProcessor(default_config(), PARTITIONS).run([(replay, transfer), (replay, b"garbage")],
+    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(replay, transfer), (replay, b"garbage")],
                                                            lambda u, p: stored.get(u))
     assert step.records == [] and step.replayed == 1 and step.dead_letters == 0
     assert step.states == {user: (1, stored[user])} and stored[user].applied == {}

@@ -73,7 +73,7 @@ def run(inputs: list[tuple[Source, bytes]], stored: dict[str, bytes]) -> Step:
         raw = stored.get(user)
         return UserState.from_bytes(raw) if raw is not None else None
 
-    return BatchProcessor(CFG, PARTITIONS).run(inputs, load)
+    return BatchProcessor(CFG, PARTITIONS, CHAIN).run(inputs, load)
 
 
 def store(step: Step, stored: dict[str, bytes], users: list[str] | None = None) -> None:
