@@ -172,6 +172,7 @@ class BatchProcessor:
             step.states[cmd.user_id] = (partition, state)
             return
         state, outcome = apply(state, cmd, self.cfg)
+        assert source.offset >= state.through.get(source.topic, -1), "a topic's inputs apply in offset order"
         state.through[source.topic] = source.offset
         step.states[cmd.user_id] = (partition, state)
         self._emit(step, partition, outcome)
