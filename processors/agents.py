@@ -39,7 +39,7 @@ from faust.streams import _current_event  # private, see _in_partition
 from faust.web import Request, Response, View
 
 import processors
-from processors.batch import BatchProcessor, Source, Step
+from processors.batch import BatchProcessor, Source, Step, spans
 from processors.config import EngineConfig
 from processors.money import format_amount
 from processors.state import UserState
@@ -145,27 +145,31 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied, this process
     range_reader: list[Any] = []  # a consumer that reads journaled records back, created on first use
 
+    def stored_progress(topic: str, partition: int) -> int:
+        """The last offset of topic/partition whose step is stored; -1 for none. Call in the partition."""
+        raw = users.get(progress_key(topic, partition))
+        return int(raw) if raw is not None else -1
+
     def in_order(events: list[Any]) -> tuple[list[tuple[Any, bool]], dict[tuple[str, int], int]]:
         """Mark records already applied as replays; exit if Faust skipped any (see the module docstring).
         Returns (event, replay) pairs and the progress to store per (topic, partition)."""
-        progress: dict[tuple[str, int], int | None] = {}
+        progress: dict[tuple[str, int], int] = {}
         marked = []
         for ev in events:
             m = ev.message
             tp = (m.topic, m.partition)
             if tp not in progress:
                 _in_partition(ev)
-                raw = users.get(progress_key(*tp))
-                progress[tp] = int(raw) if raw is not None else None
+                progress[tp] = stored_progress(*tp)
             done = progress[tp]
-            if done is not None and m.offset <= done:
+            if m.offset <= done:
                 marked.append((ev, True))
                 continue
-            if done is not None and m.offset != done + 1:
+            if done >= 0 and m.offset != done + 1:
                 _exit_for_restart(f"{tp}: got offset {m.offset} after {done}; records were skipped")
             progress[tp] = m.offset
             marked.append((ev, False))
-        return marked, {tp: done for tp, done in progress.items() if done is not None}
+        return marked, {tp: done for tp, done in progress.items() if done >= 0}
 
     def clients() -> tuple[OutputProducer, ChangelogWriter]:
         if not output:  # created on first use, inside the worker process
@@ -239,21 +243,15 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             raw = users.get(journal_key(partition))
             if raw is None or raw == NO_JOURNAL:
                 continue
-            progress = {}
-            for topic in {run[0] for run in json.loads(raw)}:
-                stored = users.get(progress_key(topic, partition))
-                progress[topic] = int(stored) if stored is not None else -1
             journal = json.loads(raw)
+            progress = {topic: stored_progress(topic, partition) for topic, _, _ in journal}
             # progress is stored per step, so a run is wholly before it or wholly after it
             assert all(first > progress[t] or last <= progress[t] for t, first, last in journal), (journal, progress)
             runs = [run for run in journal if run[2] > progress[run[0]]]
             if not runs:  # the step's progress was stored, the clearing of its journal was not
                 await clients()[1].write([(partition, journal_key(partition), NO_JOURNAL)])
                 continue
-            span: dict[str, tuple[int, int]] = {}
-            for topic, first, last in runs:
-                lo, hi = span.get(topic, (first, last))
-                span[topic] = (min(lo, first), max(hi, last))
+            span = spans(runs)
             log.warning("partition %d: re-applying the interrupted step %s in its journaled order", partition, runs)
             if not range_reader:
                 from confluent_kafka import Consumer
@@ -295,7 +293,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 await step(chunk)
             idle_from = time.perf_counter()
 
-    stalled: dict[tuple[str, int], tuple[int | None, float]] = {}
+    stalled: dict[tuple[str, int], tuple[int, float]] = {}
     watermark_reader: list[Any] = []
 
     @app.timer(max(1.0, settings.stall_s / 6))  # type: ignore[untyped-decorator]
@@ -314,16 +312,15 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         for tp in tps:
             done = processed.get(tp)
             if done is None:
-                raw = users.get(progress_key(*tp))
-                done = int(raw) if raw is not None else None
-            if highs[tp] - 1 <= (done if done is not None else -1):
+                done = stored_progress(*tp)
+            if highs[tp] - 1 <= done:
                 stalled.pop(tp, None)
                 continue
             since = stalled.get(tp)
             if since is None or since[0] != done:
                 stalled[tp] = (done, now)
             elif now - since[1] > settings.stall_s:
-                _exit_for_restart(f"{tp}: {highs[tp] - 1 - (done or -1)} records waiting, "
+                _exit_for_restart(f"{tp}: {highs[tp] - 1 - done} records waiting, "
                                   f"no progress for {now - since[1]:.0f}s (Faust left the partition unfetched)")
 
     @app.page("/users/{user_id}/balances")

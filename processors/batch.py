@@ -84,6 +84,15 @@ def _extend_runs(runs: list[Run], topic: str, offset: int) -> None:
         runs.append([topic, offset, offset])
 
 
+def spans(runs: list[Run]) -> dict[str, tuple[int, int]]:
+    """topic -> (first, last offset) of a partition's runs, topics in the order first applied (a topic's
+    runs ascend: its records apply in offset order)."""
+    out: dict[str, tuple[int, int]] = {}
+    for topic, first, last in runs:
+        out[topic] = (out[topic][0], last) if topic in out else (first, last)
+    return out
+
+
 class BatchProcessor:
     def __init__(self, cfg: EngineConfig, partitions: int, chain_topic: str) -> None:
         self.cfg = cfg
@@ -125,10 +134,8 @@ class BatchProcessor:
     def _chunks(step: Step, per_partition: dict[int, list[Any]], size: int) -> Iterable[tuple[int, str, list[Any]]]:
         """(partition, batch record id, items) per batch record: the id names the inputs of the step."""
         for partition, items in per_partition.items():
-            span: dict[str, list[int]] = {}  # topic -> [first, last], in the order first applied
-            for topic, first, last in step.runs[partition]:
-                span.setdefault(topic, [first, last])[1] = last
-            inputs = "+".join(f"{topic}/{partition}/{first}-{last}" for topic, (first, last) in span.items())
+            inputs = "+".join(f"{topic}/{partition}/{first}-{last}"
+                              for topic, (first, last) in spans(step.runs[partition]).items())
             for n, i in enumerate(range(0, len(items), size)):
                 yield partition, f"{inputs}/{n}", items[i : i + size]
 

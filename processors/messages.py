@@ -14,6 +14,7 @@ Bucket = Literal["available", "frozen", "borrowed", "balance"]
 CHAIN_KINDS: Final = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
                                 "WithdrawalConfirmed", "WithdrawalFailed"})
 
+
 class Command(NamedTuple):
     """One input for one user. `kind` is the Avro body type's short name; `body` its fields."""
 
@@ -109,6 +110,7 @@ def build(cls: type[_T], fields: tuple[Any, ...]) -> _T:
     """cls(*fields) for a NamedTuple on the hot path, without its generated __new__ (a Python-level
     function, a third of the cost). The caller passes every field, in order: no defaults apply."""
     return tuple.__new__(cls, fields)
+
 
 class Result(NamedTuple):
     id: str

@@ -63,16 +63,18 @@ def read_range(consumer: Any, topic: str, partition: int, first: int, last: int,
     found: dict[int, tuple[bytes | None, bytes | None, int]] = {}
     deadline = time.monotonic() + timeout_s
     try:
-        while len(found) < last - first + 1:
+        while first + len(found) <= last:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}/{partition}: read {len(found)} of offsets {first}..{last} "
                                    f"in {timeout_s:.0f}s")
             for msg in consumed(consumer, 1000, 1.0, f"{topic}/{partition}"):
-                offset = msg.offset()
-                if first <= offset <= last:
-                    found[offset] = (msg.key(), msg.value(), msg.timestamp()[1])
-                elif offset > last and len(found) < last - first + 1:
-                    raise RuntimeError(f"{topic}/{partition}: offsets {first}..{last} are not all in the log")
+                expected = first + len(found)
+                if expected > last:
+                    break
+                if msg.offset() != expected:
+                    raise RuntimeError(f"{topic}/{partition}: offset {expected} is not in the log "
+                                       f"(got {msg.offset()}); offsets {first}..{last} were journaled")
+                found[expected] = (msg.key(), msg.value(), msg.timestamp()[1])
     finally:
         consumer.unassign()
     return found
