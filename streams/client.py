@@ -4,7 +4,7 @@ encoding, batch them per partition, and wait for their results.
 A single command goes out keyed by its user (Kafka's murmur2 picks the partition). A batch goes out
 as CommandBatch records, each holding only users of one partition and sent to that partition, so a
 worker pays Faust's per-record cost once per batch. Chain events go to their own topic (only the
-chain watcher may write there); everything else to the commands topic.
+chain watcher may write there), operators' decisions to theirs, users' commands to the commands topic.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from processors.messages import CHAIN_KINDS, Command, Result
+from processors.inputs import source_of
+from processors.messages import Command, Result
 from processors.wire import command_to_avro, result_from_avro
 from schemas import CODEC
 from streams.config import Settings
 from streams.kafka import consumed, consumer_config, producer_config, watermarks
 from streams.partitioner import partition_for
-from streams.topics import CHAIN_EVENTS, COMMANDS, LEDGER, RESULTS
+from streams.topics import INPUTS, LEDGER, RESULTS
 
 BATCH_MAX = 500  # commands per CommandBatch record
 
@@ -34,7 +35,8 @@ class CommandClient:
         self._batch_seq = 0
 
     def _topic(self, cmd: Command) -> str:
-        return (CHAIN_EVENTS if cmd.kind in CHAIN_KINDS else COMMANDS).name(self.settings)
+        """Each source has its topic (streams.topics.INPUTS); a kind's source is in the registry."""
+        return INPUTS[cmd.source or source_of(cmd.kind)].name(self.settings)
 
     def send(self, cmd: Command) -> None:
         """One command, one record, keyed by the user."""
