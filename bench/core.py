@@ -9,6 +9,7 @@ from typing import Any
 import processors
 from bench.workload import commands, expected_balances, user_name
 from processors.config import default_config
+from processors.context import Context, Memory
 from processors.engine import apply
 from processors.state import UserState
 from streams.app import tune_gc
@@ -19,10 +20,12 @@ def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
     cmds = commands(users, rounds)
     states: dict[str, UserState] = {}
     accepted = 0
+    memory = Memory()  # the engine's memory outside the hot state, as a step holds it before storing
     tune_gc()  # as the worker runs
     start = time.perf_counter()
-    for cmd in cmds:
-        state, outcome = apply(states.get(cmd.user_id), cmd, cfg)
+    for n, cmd in enumerate(cmds):
+        # engine time and position as the worker gives them: the input record's timestamp and offset
+        state, outcome = apply(states.get(cmd.user_id), cmd, Context(1_700_000_000_000 + n, cfg, memory, "in", n))
         states[cmd.user_id] = state
         accepted += outcome.result.status == "ACCEPTED"
     elapsed = time.perf_counter() - start

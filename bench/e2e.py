@@ -160,7 +160,7 @@ def _record_count(cmds: list[Command], partitions: int) -> int:
     """CommandBatch records the client makes of `cmds` (per input topic and partition)."""
     from collections import Counter
 
-    from processors.messages import CHAIN_KINDS
+    from processors.inputs import CHAIN_KINDS
     from streams.client import BATCH_MAX
     from streams.partitioner import partition_for
 

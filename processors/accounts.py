@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from processors import checks
 from processors.applied import Applied
-from processors.config import EngineConfig
+from processors.context import Context
 from processors.ledger import Entry
-from processors.messages import Command, Transfer
+from processors.messages import AccountUnfreeze, Command, OpenAccount, Transfer
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import UserState
 
 
-def transfer(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+def transfer(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    cfg = ctx.cfg
     body: Transfer = cmd.body  # type: ignore[assignment]
     asset = checks.asset(cfg, body["asset"]).symbol
     src = checks.account(cfg, body["from_account"], asset)
@@ -21,7 +22,35 @@ def transfer(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
         raise Rejected(Reason.SAME_ACCOUNT, f"from and to are both {src}")
     amount = checks.amount(cfg, asset, body["amount"])
     checks.funds(state, src, asset, amount)
-    entry = Entry(state, cmd.id, "TRANSFER", cmd.ts_ms)
+    funded = state.funded_accounts()
+    if dst not in funded and len(funded) >= cfg.funded_accounts_max:
+        raise Rejected(Reason.TOO_MANY_SUB_ACCOUNTS,
+                       f"{len(funded)} sub-accounts hold funds; empty one before funding {dst}")
+    entry = Entry(state, cmd.id, "TRANSFER", ctx.now_ms)
     entry.user(src, asset, "available", -amount)
     entry.user(dst, asset, "available", amount)
     return Applied(entry.close())
+
+
+def open_account(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    body: OpenAccount = cmd.body  # type: ignore[assignment]
+    if state.opened:
+        raise Rejected(Reason.USER_EXISTS, f"user {cmd.user_id} already has an account")
+    if not 0 <= body["kyc_tier"] <= 3:
+        raise Rejected(Reason.MALFORMED_COMMAND, "kyc_tier must be 0..3")
+    checks.ident(ctx.cfg, "region", body["region"])
+    assert not state.balances and state.seq == 0, "an unopened account never holds funds"
+    state.opened, state.kyc_tier, state.region = True, body["kyc_tier"], body["region"]
+    return Applied()
+
+
+def unfreeze(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    """An operator lifts a risk freeze. Ledger-neutral: a debt booked by a reversal stays booked. The
+    result names the approver and the reason (the audit trail, landed with every result)."""
+    body: AccountUnfreeze = cmd.body  # type: ignore[assignment]
+    approver = checks.ident(ctx.cfg, "approver", body["approver"])
+    reason = checks.ident(ctx.cfg, "reason", body["reason"])
+    if state.status != "frozen":
+        raise Rejected(Reason.NOT_FROZEN, f"the account is {state.status}")
+    state.status = "normal"
+    return Applied(detail=f"risk freeze lifted by {approver}: {reason}")

@@ -47,12 +47,12 @@ from streams.changelog import ChangelogWriter
 from streams.config import Settings
 from streams.kafka import consumer_config, read_range, watermarks
 from streams.output import OutputProducer
-from streams.topics import CHAIN_EVENTS, COMMANDS
+from streams.topics import INPUTS, input_sources
 
 TAKE_MAX = 1000  # input records per poll
 TAKE_WITHIN_S = 0.01  # a poll waits this long at most for TAKE_MAX records
 STEP_BYTES = 1024 * 1024  # input bytes per step (~10,000 commands): bounds how long a command waits
-STATE_CACHE_MAX = 200_000
+STATE_CACHE_BYTES = 256 * 1024 * 1024  # decoded states kept between steps, counted by their stored bytes
 EXIT_RESTART = 75  # "temporary failure": the supervisor (Kubernetes, the tests) starts the worker again
 log = logging.getLogger("posflow.engine")
 
@@ -107,6 +107,7 @@ class Counters:
     commands: int = 0
     outputs: int = 0
     dead_letters: int = 0
+    quarantined: int = 0  # inputs the core failed on: dead-lettered with INTERNAL_ERROR, the partition went on
     redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
     reapplied: int = 0  # records of interrupted steps re-applied in their journaled order
     skipped: int = 0  # commands an interrupted step had already stored in their user's state
@@ -129,16 +130,17 @@ def _in_partition(event: Any) -> None:
 
 def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     inputs = app.topic(
-        COMMANDS.name(settings), CHAIN_EVENTS.name(settings),
+        *(spec.name(settings) for spec in INPUTS.values()),
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=settings.partitions,
     )
     users = app.Table("users", default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    processor = BatchProcessor(cfg, settings.partitions, CHAIN_EVENTS.name(settings))
+    processor = BatchProcessor(cfg, settings.partitions, input_sources(settings), settings.fault_assert_on)
     counters = Counters()
     # user -> (stored bytes, decoded state): skips JSON decoding while the stored bytes are unchanged
     # (after a recovery or rebalance they differ, and the stored state wins).
     cache: dict[str, tuple[bytes, UserState]] = {}
+    cached_bytes = [0]
     output: list[OutputProducer] = []
     changelog: list[ChangelogWriter] = []
 
@@ -186,12 +188,22 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             # Taken out while the step mutates it: if the step is interrupted before the store,
             # the next load decodes the stored bytes instead of a half-stepped object.
             hit = cache.pop(user, None)
-            if hit is not None and hit[0] == raw:
-                return hit[1]
+            if hit is not None:
+                cached_bytes[0] -= len(hit[0])
+                if hit[0] == raw:
+                    return hit[1]
             counters.decoded += 1
             return UserState.from_bytes(raw)
 
         return load
+
+    def recaller(by_partition: dict[int, Any]) -> Callable[[int, bytes], bytes | None]:
+        def recall(partition: int, key: bytes) -> bytes | None:
+            _in_partition(by_partition[partition])
+            raw: bytes | None = users.get(key)
+            return raw
+
+        return recall
 
     async def commit(done: Step, reached: dict[tuple[str, int], int], journaled: bool) -> None:
         """Journal the step's order (unless it is already journaled), send its outputs and wait for their
@@ -206,10 +218,13 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         t2 = time.perf_counter()
         if settings.fault_kill_after and not journaled:
             _kill_if_applied(done, settings.fault_kill_after)
-        if len(cache) > STATE_CACHE_MAX:
+        if cached_bytes[0] > STATE_CACHE_BYTES:
             cache.clear()
+            cached_bytes[0] = 0
         encoded = {user: state.to_bytes() for user, (_, state) in done.states.items()}
-        entries = [(partition, user.encode(), encoded[user]) for user, (partition, _) in done.states.items()]
+        # first the engine's memory records: a stored state implies the records of the inputs it holds
+        entries = done.memory_entries(processor.owner)
+        entries += [(partition, user.encode(), encoded[user]) for user, (partition, _) in done.states.items()]
         # then: a progress entry in the changelog implies the states written before it
         entries += [(partition, progress_key(topic, partition), str(offset).encode())
                     for (topic, partition), offset in reached.items()]
@@ -218,12 +233,14 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         await store.write(entries)
         for user, (_, state) in done.states.items():
             cache[user] = (encoded[user], state)
+            cached_bytes[0] += len(encoded[user])
         processed.update(reached)
         counters.journal_s += t1 - t0
         counters.deliver_s += t2 - t1
         counters.store_s += time.perf_counter() - t2
         counters.commands += done.commands
         counters.dead_letters += done.dead_letters
+        counters.quarantined += done.quarantined
         counters.redelivered += done.replayed
         counters.skipped += done.skipped
 
@@ -264,7 +281,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 for offset in range(first, last + 1):
                     key, value, ts_ms = records[topic][offset]
                     inputs.append((Source(topic, partition, offset, key, ts_ms), value))
-            done = processor.run(inputs, loader({partition: ev}))
+            done = processor.run(inputs, loader({partition: ev}), recaller({partition: ev}))
             assert done.runs == {partition: runs}, f"re-applied {done.runs}, journaled {runs}"
             await commit(done, {(topic, partition): hi for topic, (_, hi) in span.items()}, journaled=True)
             counters.reapplied += len(inputs)
@@ -277,7 +294,8 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         done = processor.run(
             ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
                      round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
-            loader({ev.message.partition: ev for ev in events}),
+            loader(by_partition := {ev.message.partition: ev for ev in events}),
+            recaller(by_partition),
         )
         counters.process_s += time.perf_counter() - t0
         await commit(done, reached, journaled=False)

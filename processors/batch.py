@@ -7,13 +7,16 @@ holding the original bytes; nothing in here raises on bad input.
 
 from __future__ import annotations
 
+import json
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import EngineConfig
+from processors.context import Context, Memory
 from processors.engine import apply
-from processors.messages import CHAIN_KINDS, Command, LedgerLine, Outcome, Result
+from processors.messages import Command, LedgerLine, Outcome, Result, build
 from processors.reasons import Reason
 from processors.state import UserState
 from processors.wire import (
@@ -66,14 +69,38 @@ class Step:
     runs: dict[int, list[Run]] = field(default_factory=dict)
     # user -> input positions of the state as loaded: inputs at or below them are already in it
     floors: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the engine's memory records written by the step (processors.context): stored before the states
+    memory: Memory = field(default_factory=Memory)
+    # user -> the inputs applied to that user in this step, in order: re-applied over the stored state
+    # when a later input of the user fails inside the core (quarantine)
+    applied: dict[str, list[tuple[Command, Context]]] = field(default_factory=dict)
     commands: int = 0
     dead_letters: int = 0
+    quarantined: int = 0  # inputs on which the core failed: dead-lettered, INTERNAL_ERROR, state untouched
     replayed: int = 0
     skipped: int = 0  # commands already in the loaded state (an interrupted step stored it): not re-applied
-    ts_ms: int = 0  # the latest input timestamp of the step: the batch records' time
+    ts_ms: int = 0  # the latest engine time (input record timestamp) of the step: the batch records' time
+
+    def memory_entries(self, owner: Callable[[str], int]) -> list[tuple[int, bytes, bytes | None]]:
+        """(partition, memory-table key, value or None to delete) of every record the step wrote."""
+        return [(owner(user), memory_key(user, key), None if record is None else json.dumps(record).encode())
+                for user, records in self.memory.written.items() for key, record in records.items()]
 
 
 Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
+Recall = Callable[[int, bytes], bytes | None]  # (partition, memory-table key) -> stored record
+
+
+def memory_key(user: str, key: str) -> bytes:
+    """A memory record's key in the users table: NUL-prefixed like the worker's other keys (user ids are
+    printable, so never), then the user, so a user's records sit together; the NUL after the user separates
+    unambiguously. In the users table, not a table of its own: within a partition its changelog then keeps
+    the order in which a step writes its memory records and its states (the records first)."""
+    return f"\x00m/{user}\x00{key}".encode()
+
+
+def _no_recall(partition: int, key: bytes) -> bytes | None:
+    return None
 
 
 def _extend_runs(runs: list[Run], topic: str, offset: int) -> None:
@@ -94,34 +121,43 @@ def spans(runs: list[Run]) -> dict[str, tuple[int, int]]:
 
 
 class BatchProcessor:
-    def __init__(self, cfg: EngineConfig, partitions: int, chain_topic: str) -> None:
+    def __init__(self, cfg: EngineConfig, partitions: int, sources: dict[str, str], fail_on: str = "") -> None:
         self.cfg = cfg
+        self.fail_on = fail_on  # fault injection (tests): applying this input id fails an assertion
         self.partitions = partitions
-        self.chain_topic = chain_topic  # the one topic chain events are taken from (CHAIN_KINDS)
+        # input topic -> the source (processors.inputs) whose records it carries: each source writes its
+        # own topic, and Kafka ACLs say who may write which (DESIGN §7)
+        self.sources = sources
         self._partition_of: dict[str, int] = {}
 
-    def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader) -> Step:
+    def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader, recall: Recall = _no_recall) -> Step:
         step = Step()
+        owner = self.owner
+        step.memory = Memory(lambda user, key: recall(owner(user), memory_key(user, key)))
         for source, value in inputs:
             if not source.replay:
                 _extend_runs(step.runs.setdefault(source.partition, []), source.topic, source.offset)
             try:
                 name, record = CODEC.decode(value or b"")  # a tombstone (None) is not an input
                 if name == "Command":
-                    commands = [command_from_avro(record)]
+                    commands = [command_from_avro(record, self.sources[source.topic])]
                 elif name == "CommandBatch":
-                    commands = [command_from_avro(c) for c in record["commands"]]
+                    origin = self.sources[source.topic]
+                    commands = [command_from_avro(c, origin) for c in record["commands"]]
                 else:
                     raise DecodeError("WRONG_MESSAGE_TYPE", f"{name} is not an input")
-            except DecodeError as exc:
+            except Exception as exc:
                 if not source.replay:
-                    self._dead_letter(step, source, value, str(exc))
+                    why = str(exc) if isinstance(exc, DecodeError) else f"UNDECODABLE: {type(exc).__name__}: {exc}"
+                    self._dead_letter(step, source, value, why[:2000])
                 continue
+            if source.ts_ms > step.ts_ms:
+                step.ts_ms = source.ts_ms
             for cmd in commands:
                 if source.replay:
                     self._restore(step, source.partition, cmd.user_id, load)
                 else:
-                    self._apply(step, source, cmd, load)
+                    self._apply(step, source, value, cmd, load)
         header = CODEC.header("ResultBatch")
         for partition, n, results in self._chunks(step, step.results, RESULTS_PER_RECORD):
             step.records.append((RESULTS, None, header + result_batch_body(n, step.ts_ms, results), partition))
@@ -141,32 +177,25 @@ class BatchProcessor:
 
     def _restore(self, step: Step, partition: int, user: str, load: Loader) -> None:
         step.replayed += 1
-        if user in step.states or not user or not user.isprintable() or self._owner(user) != partition:
+        if user in step.states or not user or not user.isprintable() or self.owner(user) != partition:
             return
         state = self._load(step, user, partition, load)
         if state is not None:
             step.states[user] = (partition, state)
 
-    def _apply(self, step: Step, source: Source, cmd: Command, load: Loader) -> None:
+    def _apply(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader) -> None:
         partition = source.partition
         step.commands += 1
-        if cmd.ts_ms > step.ts_ms:
-            step.ts_ms = cmd.ts_ms
-        if not cmd.user_id or not cmd.user_id.isprintable():
+        if not cmd.user_id or len(cmd.user_id) > self.cfg.id_max or not cmd.user_id.isprintable():
             # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,
-                            "user_id must be non-empty printable text", 0)
+                            f"user_id must be printable text of 1 to {self.cfg.id_max} characters", 0)
             self._emit(step, partition, Outcome(result))
             return
-        if cmd.kind in CHAIN_KINDS and source.topic != self.chain_topic:
-            result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_SOURCE.value,
-                            f"{cmd.kind} is accepted from {self.chain_topic} only, not from {source.topic}", 0)
-            self._emit(step, partition, Outcome(result))
-            return
-        if self._owner(cmd.user_id) != partition:
+        if self.owner(cmd.user_id) != partition:
             # Applying it here would put the user's state on a partition that does not own it.
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.WRONG_PARTITION.value,
-                            f"user belongs to partition {self._owner(cmd.user_id)}, record was on {partition}", 0)
+                            f"user belongs to partition {self.owner(cmd.user_id)}, record was on {partition}", 0)
             self._emit(step, partition, Outcome(result))
             return
         held = step.states.get(cmd.user_id)
@@ -178,11 +207,39 @@ class BatchProcessor:
             step.skipped += 1
             step.states[cmd.user_id] = (partition, state)
             return
-        state, outcome = apply(state, cmd, self.cfg)
-        assert source.offset >= state.through.get(source.topic, -1), "a topic's inputs apply in offset order"
-        state.through[source.topic] = source.offset
-        step.states[cmd.user_id] = (partition, state)
+        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset)
+        try:
+            assert not self.fail_on or cmd.id != self.fail_on, f"fault injection: {cmd.id}"
+            state, outcome = apply(state, cmd, ctx)
+        except Exception as exc:
+            self._quarantine(step, source, value, cmd, exc, load)
+            return
+        step.applied.setdefault(cmd.user_id, []).append((cmd, ctx))
+        if state.opened or state.parked or cmd.user_id in step.states:
+            # A user who never opened an account is stored only while chain events wait for the account.
+            step.states[cmd.user_id] = (partition, state)
         self._emit(step, partition, outcome)
+
+    def _quarantine(self, step: Step, source: Source, value: bytes | None, cmd: Command, exc: Exception,
+                    load: Loader) -> None:
+        """The core failed on `cmd` (a bug, or input it did not foresee): the user's state may be half-changed,
+        so it is rebuilt from the stored state and the user's earlier inputs of this step (their outputs are
+        already in the step, unchanged); the input gets INTERNAL_ERROR and goes to the dead-letter topic."""
+        step.quarantined += 1
+        user, partition = cmd.user_id, source.partition
+        step.memory.forget(user)
+        step.states.pop(user, None)
+        step.floors.pop(user, None)
+        state = self._load(step, user, partition, load)
+        for earlier, ctx in step.applied.get(user, []):
+            state, _ = apply(state, earlier, ctx)
+        if state is not None:
+            step.states[user] = (partition, state)
+        error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
+        result = build(Result, (cmd.id, cmd.ts_ms, user, cmd.kind, "REJECTED", Reason.INTERNAL_ERROR.value,
+                                "the engine failed on this input; it was quarantined to the dead-letter topic", 0))
+        self._emit(step, partition, build(Outcome, (result, (), (), ())))
+        self._dead_letter(step, source, value, f"input {cmd.id} of {user}: {error}")
 
     @staticmethod
     def _load(step: Step, user: str, partition: int, load: Loader) -> UserState | None:
@@ -192,7 +249,7 @@ class BatchProcessor:
         step.floors[user] = dict(state.through) if state is not None else {}
         return state
 
-    def _owner(self, user: str) -> int:
+    def owner(self, user: str) -> int:
         owner = self._partition_of.get(user)
         if owner is None:
             owner = self._partition_of[user] = partition_for(user.encode(), self.partitions)
@@ -202,6 +259,8 @@ class BatchProcessor:
 
     def _emit(self, step: Step, partition: int, outcome: Outcome) -> None:
         step.results.setdefault(partition, []).append(outcome.result)
+        if outcome.more:
+            step.results[partition].extend(outcome.more)
         if outcome.lines:
             step.lines.setdefault(partition, []).extend(outcome.lines)
         for event in outcome.events:

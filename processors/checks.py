@@ -49,3 +49,12 @@ def present(field: str, value: str) -> str:
     if not value:
         raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not be empty")
     return value
+
+
+def ident(cfg: EngineConfig, field: str, value: str) -> str:
+    """An id or name from a client: non-empty printable text of bounded length (it is kept in state)."""
+    if not value:
+        raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not be empty")
+    if len(value) > cfg.id_max or not value.isprintable():
+        raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must be printable text of at most {cfg.id_max} characters")
+    return value

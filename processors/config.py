@@ -10,6 +10,8 @@ from processors.money import Asset
 
 SUB_ACCOUNTS: Final = frozenset({"spot", "margin", "futures", "staking"})
 _ISOLATED: Final = re.compile(r"isolated:([A-Z0-9]{2,12})-([A-Z0-9]{2,12})")
+DAY_MS: Final = 24 * 3600 * 1000
+DEFAULT_MARKETS: Final = frozenset({"BTC-USDT", "ETH-USDT", "ETH-BTC", "BTC-USDC", "ETH-USDC", "USDC-USDT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +44,26 @@ class EngineConfig:
     # input positions stored with each state.)
     applied_window: int = 64
     closed_withdrawals_kept: int = 32
-    parked_max: int = 16  # chain events waiting for their withdrawal, per user
+    # An applied input's id, a closed order's id and a fill id are remembered at least this long (engine
+    # time): longer than the input topics keep a record, so no resend the log can hold applies twice.
+    dedup_horizon_ms: int = 8 * DAY_MS
+    # Caps per user: every collection a client can grow is bounded (UserState.check, state_bytes_bound).
+    parked_max: int = 16  # chain events waiting for their withdrawal or for the account to open
+    parked_ttl_ms: int = 7 * DAY_MS  # then a parked chain event is given up, with a PARKED_EXPIRED result
+    open_holds_max: int = 1000
+    open_withdrawals_max: int = 16
+    funded_accounts_max: int = 16  # sub-accounts holding any balance
+    id_max: int = 128  # characters of an input id, and of any id or name inside a body
+    # Isolated margin exists for listed markets only: isolated:<BASE>-<QUOTE> for one of these.
+    markets: frozenset[str] = DEFAULT_MARKETS
 
     def valid_account(self, account: str, asset: str) -> bool:
-        """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> holding one of its two assets."""
+        """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> of a listed market, holding one
+        of its two assets."""
         if account in SUB_ACCOUNTS:
             return True
         m = _ISOLATED.fullmatch(account)
-        return m is not None and asset in (m.group(1), m.group(2))
+        return m is not None and asset in (m.group(1), m.group(2)) and f"{m.group(1)}-{m.group(2)}" in self.markets
 
 
 _EVM = r"0x[0-9a-fA-F]{40}"

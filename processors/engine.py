@@ -1,85 +1,154 @@
-"""The core's one entry point: apply(state, command, config) -> (state, outcome).
+"""The core's one entry point: apply(state, input, ctx) -> (state, outcome).
 
 Every handler checks everything before it changes anything, so a refused input leaves the state
 exactly as it was (never half-applied). The state is updated in place for speed; callers that need
-the old state keep a copy (the tests do). An input id seen within the recent window returns the very
-same result again and changes nothing.
+the old state keep a copy (the tests do, and the worker's step reloads the stored state when an input
+fails inside the core).
+
+Once, in time: an input is known by its source and id (processors.inputs). An accepted input is
+remembered twice: in the state's recent window with its result (a resend gets its first answer at once),
+and in the engine's memory for the dedup horizon (`i/<source>/<id>`, processors.context), with its
+kind, a digest of its body and its result, so a resend long after still gets the same answer and
+applies nothing, and the same id with another kind or body is refused (ID_REUSED). A refusal is never
+remembered: the same input sent again once it can apply (funds arrived, the account opened) applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+import hashlib
+from typing import Any, Final
 
-from processors import accounts, deposits, orders, withdrawals
+from processors import checks
 from processors.applied import Applied
-from processors.config import EngineConfig
-from processors.messages import Command, OpenAccount, Outcome, Result, build
+from processors.context import Context
+from processors.inputs import KINDS, USER, Kind
+from processors.messages import Command, LedgerLine, Outcome, Result, build
 from processors.money import Rejected
 from processors.reasons import Reason
-from processors.state import UserState
+from processors.state import UserState, input_key
+from processors.withdrawals import park
 
-Handler = Callable[[UserState, Command, EngineConfig], Applied]
-
-HANDLERS: Final[dict[str, Handler]] = {
-    "DepositSeen": deposits.seen,
-    "DepositConfirmed": deposits.confirmed,
-    "DepositReverted": deposits.reverted,
-    "OrderHold": orders.hold,
-    "OrderRelease": orders.release,
-    "FillSettle": orders.fill,
-    "Transfer": accounts.transfer,
-    "WithdrawalRequest": withdrawals.request,
-    "WithdrawalApprove": withdrawals.approve,
-    "WithdrawalCancel": withdrawals.cancel,
-    "WithdrawalBroadcast": withdrawals.broadcast,
-    "WithdrawalConfirmed": withdrawals.confirmed,
-    "WithdrawalFailed": withdrawals.failed,
-}
-# A risk freeze stops the user from adding exposure or moving money out; the chain and the matching
-# engine still report what already happened, and the user may still reduce what is held.
-BLOCKED_WHEN_FROZEN: Final = frozenset({"OrderHold", "Transfer", "WithdrawalRequest", "WithdrawalApprove"})
+_ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the account to open
 
 
-def apply(state: UserState | None, cmd: Command, cfg: EngineConfig) -> tuple[UserState, Outcome]:
+def apply(state: UserState | None, cmd: Command, ctx: Context) -> tuple[UserState, Outcome]:
     if state is None:
         state = UserState(cmd.user_id, opened=False)
     assert state.user_id == cmd.user_id, f"{cmd.id} for {cmd.user_id} applied to {state.user_id}"
-    prior = state.applied.get(cmd.id)
-    if prior is not None:
-        return state, build(Outcome, (prior, (), ()))
+    assert ctx.offset >= state.through.get(ctx.topic, -1), "a topic's inputs apply in offset order"
+    outcome = _decide(state, cmd, ctx)
+    # After deciding: while deciding, the state's positions say which stored memory records it includes.
+    state.through[ctx.topic] = ctx.offset
+    return state, outcome
+
+
+def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
+    spec = KINDS.get(cmd.kind)
+    source = cmd.source or (spec.source if spec is not None else USER)
+    try:
+        if spec is None:
+            raise Rejected(Reason.MALFORMED_COMMAND, f"unknown input kind {cmd.kind!r}")
+        if source != spec.source:
+            raise Rejected(Reason.WRONG_SOURCE, f"{cmd.kind} is taken from the {spec.source} source only, "
+                                                f"not from the {source} source")
+        checks.ident(ctx.cfg, "id", cmd.id)
+    except Rejected as refused:
+        return _refused(cmd, refused)
+    key = input_key(source, cmd.id)
+    digest = ""
+    if not spec.by_record:
+        prior = state.applied.get(key)
+        if prior is not None:
+            if prior.kind != cmd.kind:
+                return _refused(cmd, _reused(cmd, prior.kind))
+            return build(Outcome, (prior, (), (), ()))
+        digest = _digest(cmd)
+        known = ctx.recall(state, "i/" + key)
+        if known is not None:
+            kind, known_digest, ts_ms, reason, detail, lines = known
+            if (kind, known_digest) != (cmd.kind, digest):
+                return _refused(cmd, _reused(cmd, kind))
+            return build(Outcome, (Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, lines),
+                                          (), (), ()))
+    expired = _expire_parked(state, ctx) if state.parked else ()
     seq_before = state.seq
     try:
-        if cmd.kind == "OpenAccount":
-            _open_account(state, cmd)
-            applied = Applied()
-        elif not state.opened:
-            raise Rejected(Reason.UNKNOWN_USER, f"user {cmd.user_id} has no account: send OpenAccount first")
-        elif cmd.kind not in HANDLERS:
-            raise Rejected(Reason.MALFORMED_COMMAND, f"unknown command kind {cmd.kind!r}")
-        elif state.status == "frozen" and cmd.kind in BLOCKED_WHEN_FROZEN:
-            raise Rejected(Reason.ACCOUNT_FROZEN, "the account is frozen by risk; contact support")
-        else:
-            applied = HANDLERS[cmd.kind](state, cmd, cfg)
+        applied = _handle(state, cmd, ctx, spec)
     except Rejected as refused:
         assert state.seq == seq_before, f"{cmd.id} refused after writing ledger lines"
-        result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", refused.reason.value,
-                                refused.detail, 0))
-        state.remember(result, cfg.applied_window)
-        return state, build(Outcome, (result, (), ()))
-    assert state.seq == seq_before + len(applied.lines), "every line advances the user's sequence once"
-    flag = applied.flag.value if applied.flag is not None else None
+        return build(Outcome, (_refused(cmd, refused).result, (), (), expired))
     lines = applied.lines
+    assert state.seq == seq_before + len(lines), "every line advances the user's sequence once"
+    flag = applied.flag.value if applied.flag is not None else None
     result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
-    state.remember(result, cfg.applied_window)
-    return state, build(Outcome, (result, lines, applied.events))
+    if not spec.by_record:
+        state.remember(key, result, ctx.cfg.applied_window)
+        ctx.remember(state, "i/" + key, [cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)], ctx.horizon())
+    return build(Outcome, (result, lines, applied.events, expired))
 
 
-def _open_account(state: UserState, cmd: Command) -> None:
-    body: OpenAccount = cmd.body  # type: ignore[assignment]
-    if state.opened:
-        raise Rejected(Reason.USER_EXISTS, f"user {cmd.user_id} already has an account")
-    if not 0 <= body["kyc_tier"] <= 3:
-        raise Rejected(Reason.MALFORMED_COMMAND, "kyc_tier must be 0..3")
-    assert not state.balances and state.seq == 0, "an unopened account never holds funds"
-    state.opened, state.kyc_tier, state.region = True, body["kyc_tier"], body["region"]
+def _handle(state: UserState, cmd: Command, ctx: Context, spec: Kind) -> Applied:
+    if not state.opened and cmd.kind != "OpenAccount":
+        if spec.from_chain:
+            # The chain's facts are never refused for being early: the account may open a moment later
+            # (its opening and the deposit travel on two topics with no order between them).
+            return park(state, cmd, ctx, _ACCOUNT)
+        raise Rejected(Reason.UNKNOWN_USER, f"user {cmd.user_id} has no account: send OpenAccount first")
+    if spec.blocked_when_frozen and state.status == "frozen":
+        raise Rejected(Reason.ACCOUNT_FROZEN, "the account is frozen by risk; contact support")
+    applied = spec.handler(state, cmd, ctx)
+    if cmd.kind == "OpenAccount" and _ACCOUNT in state.parked:
+        return Applied(applied.lines + _release_for_account(state, ctx), applied.events, applied.flag, applied.detail)
+    return applied
+
+
+def _release_for_account(state: UserState, ctx: Context) -> tuple[LedgerLine, ...]:
+    """The chain events that waited for the account, applied in arrival order now that it is open. Their
+    lines are announced by the opening's result; one that cannot apply is dropped (its PARKED result
+    stands, and the watcher's resend applies it)."""
+    lines: tuple[LedgerLine, ...] = ()
+    for cmd_id, ts_ms, kind, body, _ in state.parked.pop(_ACCOUNT):
+        waiting = Command(cmd_id, ts_ms, state.user_id, kind, body, KINDS[kind].source)
+        seq_before = state.seq
+        try:
+            lines += KINDS[kind].handler(state, waiting, ctx).lines
+        except Rejected:
+            assert state.seq == seq_before, f"{cmd_id} refused after writing ledger lines"
+    return lines
+
+
+def _expire_parked(state: UserState, ctx: Context) -> tuple[Result, ...]:
+    """Parked chain events whose withdrawal or account never came within `parked_ttl_ms` of engine time
+    are given up: each gets a final PARKED_EXPIRED result, which operations alert on."""
+    cutoff = ctx.now_ms - ctx.cfg.parked_ttl_ms
+    out: list[Result] = []
+    for waits_for in list(state.parked):
+        keep = []
+        for entry in state.parked[waits_for]:
+            if entry[4] > cutoff:
+                keep.append(entry)
+                continue
+            what = f"withdrawal {waits_for}" if waits_for else "the account"
+            out.append(Result(entry[0], entry[1], state.user_id, entry[2], "REJECTED", Reason.PARKED_EXPIRED.value,
+                              f"waited for {what} until engine time {ctx.now_ms}; check the chain and the request",
+                              0))
+        if keep:
+            state.parked[waits_for] = keep
+        else:
+            del state.parked[waits_for]
+    return tuple(out)
+
+
+def _refused(cmd: Command, refused: Rejected) -> Outcome:
+    return build(Outcome, (build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED",
+                                          refused.reason.value, refused.detail, 0)), (), (), ()))
+
+
+def _reused(cmd: Command, kind: str) -> Rejected:
+    return Rejected(Reason.ID_REUSED, f"id {cmd.id} was used for another input ({kind}); use a new id")
+
+
+def _digest(cmd: Command) -> str:
+    """The body's fingerprint: the same id with another body is another input, not a resend."""
+    body: Any = cmd.body
+    return hashlib.blake2b(repr(sorted(body.items())).encode(), digest_size=8).hexdigest()

@@ -44,6 +44,8 @@ class Entry:
             after = before + amount
             assert after >= 0, f"{state.user_id} {account}/{asset}/{bucket}: {before} + {amount} < 0"
             triple[i] = after
+        if not (triple[0] or triple[1] or triple[2]):
+            del state.balances[(account, asset)]  # an empty balance is no state: the ledger keeps its history
         state.seq += 1
         self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
                                              state.user_id, account, bucket, asset, amount, before, after, state.seq)))

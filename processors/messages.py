@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
 
 
-# What the chain reports. These credit and debit real money, so the engine takes them only from the
-# chain-events topic, which only the chain watcher may write (Kafka ACLs, DESIGN §7).
-CHAIN_KINDS: Final = frozenset({"DepositSeen", "DepositConfirmed", "DepositReverted", "WithdrawalBroadcast",
-                                "WithdrawalConfirmed", "WithdrawalFailed"})
-
-
 class Command(NamedTuple):
-    """One input for one user. `kind` is the Avro body type's short name; `body` its fields."""
+    """One input for one user. `kind` is the Avro body type's short name; `body` its fields.
+
+    `source` (processors.inputs) is where it came from: the shell sets it from the record's topic.
+    Left empty by in-process callers (tests, benchmarks), it means the kind's own source.
+    `ts_ms` is the client's clock, kept in the result as client time only; engine time is the context's.
+    """
 
     id: str
     ts_ms: int
     user_id: str
     kind: str
     body: Mapping[str, Any]
+    source: str = ""
 
 
 # The bodies, as the Avro schemas define them (schemas/posflow.<Kind>.avsc). Amounts are decimal text.
@@ -93,6 +93,13 @@ class WithdrawalRequest(TypedDict):
 class WithdrawalApprove(TypedDict):
     withdrawal_id: str
     approver: str
+
+
+class AccountUnfreeze(TypedDict):
+    """An operator lifts a risk freeze: ledger-neutral, audited by its result (approver and reason)."""
+
+    approver: str
+    reason: str
 
 
 class WithdrawalRef(TypedDict):
@@ -169,3 +176,5 @@ class Outcome(NamedTuple):
     result: Result
     lines: tuple[LedgerLine, ...] = ()
     events: tuple[Event, ...] = ()
+    # final results of other inputs this one decided: parked chain events given up (PARKED_EXPIRED)
+    more: tuple[Result, ...] = ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from processors import checks
 from processors.applied import Applied
-from processors.config import EngineConfig
+from processors.context import Context
 from processors.ledger import Entry
 from processors.messages import Command, FillSettle, OrderHold, OrderRelease
 from processors.money import Rejected
@@ -12,53 +12,73 @@ from processors.reasons import Reason
 from processors.state import Hold, UserState
 
 
-def hold(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    cfg = ctx.cfg
     body: OrderHold = cmd.body  # type: ignore[assignment]
-    order_id = checks.present("order_id", body["order_id"])
+    order_id = checks.ident(cfg, "order_id", body["order_id"])
     if order_id in state.holds:
         raise Rejected(Reason.DUPLICATE_ORDER_ID, f"order {order_id} already holds funds")
+    if ctx.recall(state, _closed(order_id)) is not None:
+        raise Rejected(Reason.DUPLICATE_ORDER_ID, f"order id {order_id} was used by an order that closed")
+    if len(state.holds) >= cfg.open_holds_max:
+        raise Rejected(Reason.TOO_MANY_OPEN_HOLDS, f"{cfg.open_holds_max} orders hold funds; cancel some first")
     asset = checks.asset(cfg, body["asset"]).symbol
     account = checks.account(cfg, body["account"], asset)
     amount = checks.amount(cfg, asset, body["amount"])
     checks.funds(state, account, asset, amount)
-    entry = Entry(state, cmd.id, "ORDER_HOLD", cmd.ts_ms)
+    entry = Entry(state, cmd.id, "ORDER_HOLD", ctx.now_ms)
     entry.user(account, asset, "available", -amount)
     entry.user(account, asset, "frozen", amount)
     state.holds[order_id] = Hold(account, asset, amount)
     return Applied(entry.close())
 
 
-def _open_hold(state: UserState, order_id: str) -> Hold:
+def _closed(order_id: str) -> str:
+    """Memory key of a closed order: its id is used, and it takes no fill."""
+    return f"o/{order_id}"
+
+
+def _open_hold(state: UserState, ctx: Context, order_id: str) -> Hold:
     found = state.holds.get(order_id)
     if found is None:
-        raise Rejected(Reason.UNKNOWN_HOLD, f"order {order_id} holds nothing (never placed, filled or released)")
+        if ctx.recall(state, _closed(order_id)) is not None:
+            raise Rejected(Reason.ORDER_CLOSED, f"order {order_id} was filled or released: it holds nothing")
+        raise Rejected(Reason.UNKNOWN_HOLD, f"order {order_id} holds nothing (never placed)")
     return found
 
 
-def _reduce(state: UserState, order_id: str, held: Hold, amount: int) -> None:
+def _reduce(state: UserState, ctx: Context, order_id: str, held: Hold, amount: int) -> None:
     held.remaining -= amount
     if held.remaining == 0:
         del state.holds[order_id]
+        ctx.remember(state, _closed(order_id), 1, ctx.horizon())
 
 
-def release(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+def release(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    cfg = ctx.cfg
     body: OrderRelease = cmd.body  # type: ignore[assignment]
-    held = _open_hold(state, body["order_id"])
+    held = _open_hold(state, ctx, body["order_id"])
     text = body.get("amount")
     amount = held.remaining if text is None else checks.amount(cfg, held.asset, text)
     if amount > held.remaining:
         raise Rejected(Reason.HOLD_EXCEEDED, f"release {amount} > {held.remaining} left on the hold")
-    entry = Entry(state, cmd.id, "ORDER_RELEASE", cmd.ts_ms)
+    entry = Entry(state, cmd.id, "ORDER_RELEASE", ctx.now_ms)
     entry.user(held.account, held.asset, "frozen", -amount)
     entry.user(held.account, held.asset, "available", amount)
-    _reduce(state, body["order_id"], held, amount)
+    _reduce(state, ctx, body["order_id"], held, amount)
     return Applied(entry.close())
 
 
-def fill(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
+def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    cfg = ctx.cfg
     """One side of a trade: pay from the hold into clearing, receive from clearing, fee to revenue."""
     body: FillSettle = cmd.body  # type: ignore[assignment]
-    held = _open_hold(state, body["order_id"])
+    held = _open_hold(state, ctx, body["order_id"])
+    # A fill id settles once per order side, however many inputs come between (matching engines replay
+    # fills after a restart, under new input ids too): remembered for the dedup horizon.
+    fill_key = f"f/{body['order_id']}/{checks.ident(cfg, 'fill_id', body['fill_id'])}"
+    if ctx.recall(state, fill_key) is not None:
+        raise Rejected(Reason.FILL_SETTLED, f"fill {body['fill_id']} was already settled on order {body['order_id']}")
     if (held.account, held.asset) != (body["account"], body["pay_asset"]):
         raise Rejected(
             Reason.ASSET_MISMATCH,
@@ -75,7 +95,7 @@ def fill(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
         raise Rejected(Reason.HOLD_EXCEEDED, f"fill pays {pay} > {held.remaining} left on the hold")
     if fee > receive:
         raise Rejected(Reason.BAD_FEE, f"fee {fee} exceeds the {receive} received")
-    entry = Entry(state, cmd.id, "FILL", cmd.ts_ms)
+    entry = Entry(state, cmd.id, "FILL", ctx.now_ms)
     entry.user(held.account, held.asset, "frozen", -pay)
     entry.system("clearing", held.asset, pay)
     entry.system("clearing", receive_asset, -receive)
@@ -83,5 +103,6 @@ def fill(state: UserState, cmd: Command, cfg: EngineConfig) -> Applied:
         entry.user(held.account, receive_asset, "available", receive - fee)
     if fee:
         entry.system("fee_revenue", receive_asset, fee)
-    _reduce(state, body["order_id"], held, pay)
+    ctx.remember(state, fill_key, 1, ctx.horizon())
+    _reduce(state, ctx, body["order_id"], held, pay)
     return Applied(entry.close())

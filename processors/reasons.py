@@ -22,12 +22,21 @@ class Reason(StrEnum):
     WRONG_PARTITION = "WRONG_PARTITION"  # a batch record holding a user of another partition: producer bug
     WRONG_SOURCE = "WRONG_SOURCE"  # a chain event not on the chain-events topic (only the watcher writes that)
     MALFORMED_COMMAND = "MALFORMED_COMMAND"  # fields the schema allows but the business does not
+    ID_REUSED = "ID_REUSED"  # an id its source already used for another input (another kind or body)
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # the engine failed on this input: quarantined to the dead-letter topic
+    NOT_FROZEN = "NOT_FROZEN"  # lifting a risk freeze from an account that is not frozen
+    # bounds on what one user can make the engine keep
+    TOO_MANY_OPEN_HOLDS = "TOO_MANY_OPEN_HOLDS"
+    TOO_MANY_OPEN_WITHDRAWALS = "TOO_MANY_OPEN_WITHDRAWALS"
+    TOO_MANY_SUB_ACCOUNTS = "TOO_MANY_SUB_ACCOUNTS"  # sub-accounts holding funds
     # balances and holds
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     UNKNOWN_HOLD = "UNKNOWN_HOLD"
     DUPLICATE_ORDER_ID = "DUPLICATE_ORDER_ID"
     HOLD_EXCEEDED = "HOLD_EXCEEDED"  # a fill or release larger than what is left of the hold
     ASSET_MISMATCH = "ASSET_MISMATCH"  # a fill paying another asset or account than its order holds
+    FILL_SETTLED = "FILL_SETTLED"  # this fill id was already settled on this order side
+    ORDER_CLOSED = "ORDER_CLOSED"  # the order was filled or released: it takes no fill, its id is used
     # chain
     UNKNOWN_CHAIN = "UNKNOWN_CHAIN"
     BAD_ADDRESS = "BAD_ADDRESS"
@@ -39,6 +48,8 @@ class Reason(StrEnum):
     DUPLICATE_WITHDRAWAL_ID = "DUPLICATE_WITHDRAWAL_ID"
     BAD_WITHDRAWAL_STATE = "BAD_WITHDRAWAL_STATE"  # e.g. approving one already broadcast
     ALREADY_APPROVED = "ALREADY_APPROVED"  # the same approver twice
+    WITHDRAWAL_CLOSED = "WITHDRAWAL_CLOSED"  # a chain event for a withdrawal that ended (and was pruned)
     # flags on accepted inputs
     REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen
-    PARKED = "PARKED"  # a chain event for a withdrawal not known yet: applied when the withdrawal appears
+    PARKED = "PARKED"  # a chain event for a withdrawal or an account not there yet: applied when it appears
+    PARKED_EXPIRED = "PARKED_EXPIRED"  # a parked chain event whose withdrawal or account never came: an alert

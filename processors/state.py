@@ -16,9 +16,13 @@ from processors.messages import Result
 AVAILABLE: Final = 0
 FROZEN: Final = 1
 BORROWED: Final = 2
-# 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`)
-STATE_VERSION: Final = 4
-READS_VERSIONS: Final = frozenset({3, 4})  # a version 3 state has no positions: read as "none recorded"
+# 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
+# 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
+# to the engine's memory (processors.context)
+STATE_VERSION: Final = 5
+# A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
+# the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
+READS_VERSIONS: Final = frozenset({3, 4, 5})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -77,10 +81,13 @@ class UserState:
     balances: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
-    deposits: dict[str, Deposit] = field(default_factory=dict)
-    # withdrawal id -> chain events that arrived before the withdrawal: [input id, ts_ms, kind, body]
+    # deposits of a state written before version 5 (since then they live in the engine's memory)
+    legacy_deposits: dict[str, Deposit] = field(default_factory=dict)
+    # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
+    # [input id, client ts_ms, kind, body, engine time parked]
     parked: dict[str, list[list[Any]]] = field(default_factory=dict)
-    # input id -> its result, the most recent `EngineConfig.applied_window` inputs, oldest first
+    # input key (processors.engine.input_key: source and id) -> its result, the most recent
+    # `EngineConfig.applied_window` accepted inputs, oldest first
     applied: dict[str, Result] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
     # input topic -> offset of the latest record whose inputs this state includes (on the user's
@@ -98,12 +105,18 @@ class UserState:
             triple = self.balances[(account, asset)] = [0, 0, 0]
         return triple
 
+    def funded_accounts(self) -> set[str]:
+        return {account for account, _ in self.balances}
+
+    def parked_count(self) -> int:
+        return sum(len(v) for v in self.parked.values())
+
     def available(self, account: str, asset: str) -> int:
         triple = self.balances.get((account, asset))
         return triple[AVAILABLE] if triple else 0
 
-    def remember(self, result: Result, window: int) -> None:
-        self.applied[result.id] = result
+    def remember(self, key: str, result: Result, window: int) -> None:
+        self.applied[key] = result
         while len(self.applied) > window:
             oldest = next(iter(self.applied))
             del self.applied[oldest]
@@ -119,6 +132,7 @@ class UserState:
         """Invariants that hold between any two inputs (DESIGN §2.3); cheap enough for tests."""
         for key, (available, frozen, borrowed) in self.balances.items():
             assert available >= 0 and frozen >= 0 and borrowed >= 0, f"{self.user_id} {key} negative"
+            assert available or frozen or borrowed, f"{self.user_id} {key}: an empty balance is dropped, not kept"
         held: dict[tuple[str, str], int] = {}
         for hold in self.holds.values():
             held[(hold.account, hold.asset)] = held.get((hold.account, hold.asset), 0) + hold.remaining
@@ -145,18 +159,20 @@ class UserState:
                     w.required_approvals, w.approvals, w.tx_hash]
                 for k, w in self.withdrawals.items()
             },
-            "deposits": {k: [d.asset, d.amount, d.account, d.status] for k, d in self.deposits.items()},
             "parked": self.parked,
             "through": self.through,
+            "keys": list(self.applied),
         }
+        if self.legacy_deposits:
+            doc["deposits"] = {k: [d.asset, d.amount, d.account, d.status] for k, d in self.legacy_deposits.items()}
         texts = self.applied_json
         if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
             texts.clear()
         window = []
-        for input_id, result in self.applied.items():
-            text = texts.get(input_id)
+        for key, result in self.applied.items():
+            text = texts.get(key)
             if text is None:
-                text = texts[input_id] = _JSON.encode(result)  # Results are tuples: JSON arrays as they are
+                text = texts[key] = _JSON.encode(result)  # Results are tuples: JSON arrays as they are
             window.append(text)
         head = _JSON.encode(doc)
         assert head[-1] == "}"
@@ -165,8 +181,15 @@ class UserState:
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         doc = json.loads(data)
-        assert doc["v"] in READS_VERSIONS, f"state version {doc['v']} is not one this release reads"
+        version = doc["v"]
+        assert version in READS_VERSIONS, f"state version {version} is not one this release reads"
         user = doc["user"]
+        results = [Result(*r) for r in doc["applied"]]
+        # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
+        keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
+        parked = doc["parked"]
+        if version < 5:
+            parked = {wid: [[*entry, 0] for entry in entries] for wid, entries in parked.items()}
         return cls(
             user_id=user,
             opened=doc["opened"],
@@ -177,8 +200,19 @@ class UserState:
             balances={(a, s): [av, fr, bo] for a, s, av, fr, bo in doc["balances"]},
             holds={k: Hold(*v) for k, v in doc["holds"].items()},
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
-            deposits={k: Deposit(*v) for k, v in doc["deposits"].items()},
-            parked=doc["parked"],
+            legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
+            parked=parked,
             through=doc.get("through", {}),
-            applied={r[0]: Result(*r) for r in doc["applied"]},
+            applied=dict(zip(keys, results, strict=True)),
         )
+
+
+def _legacy_key(result: Result) -> str:
+    from processors.inputs import source_of  # here: the registry imports the handlers, which import this module
+
+    return input_key(source_of(result.kind), result.id)
+
+
+def input_key(source: str, input_id: str) -> str:
+    """What deduplication keys on: an id is unique within its source only (processors.inputs)."""
+    return f"{source}/{input_id}"

@@ -17,9 +17,10 @@ SCHEMA_VERSION: Final = 1
 _NS: Final = "posflow."
 
 
-def command_from_avro(record: dict[str, Any]) -> Command:
+def command_from_avro(record: dict[str, Any], source: str = "") -> Command:
+    """`source`: the source whose topic the record came from (processors.inputs); the shell always names it."""
     name, body = record["body"]
-    return Command(record["id"], record["ts_ms"], record["user_id"], name.removeprefix(_NS), body)
+    return Command(record["id"], record["ts_ms"], record["user_id"], name.removeprefix(_NS), body, source)
 
 
 def command_to_avro(cmd: Command) -> dict[str, Any]:

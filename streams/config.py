@@ -42,6 +42,8 @@ class Settings:
     # Fault injection, for crash tests only: the worker SIGKILLs itself right after the outputs of the
     # step that applied this input id are acknowledged, before the step's states are stored.
     fault_kill_after: str = field(default_factory=lambda: _env("POSFLOW_FAULT_KILL_AFTER", ""))
+    # Fault injection, for quarantine tests only: applying this input id fails an assertion in the core.
+    fault_assert_on: str = field(default_factory=lambda: _env("POSFLOW_FAULT_ASSERT_ON", ""))
 
     def __post_init__(self) -> None:
         assert self.partitions >= 1, "POSFLOW_PARTITIONS must be a positive integer"

@@ -34,16 +34,23 @@ class TopicSpec:
     def name(self, settings: Settings) -> str:
         return f"{settings.topic_prefix}{self.short}"
 
+    # The time of record of an input is the broker's (DESIGN §1a): LogAppendTime stamps each record when
+    # the broker appends it, whatever timestamp the producer set.
+    log_append_time: bool = False
+
     def config(self) -> dict[str, str]:
         conf = {"retention.ms": str(self.retention_ms)}
         conf["cleanup.policy"] = "compact" if self.compacted else "delete"
+        if self.log_append_time:
+            conf["message.timestamp.type"] = "LogAppendTime"
         return conf
 
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
-COMMANDS = TopicSpec("commands", Key.USER, False, WEEK_MS, "user commands, single or batched per partition")
-CHAIN_EVENTS = TopicSpec("chain-events", Key.USER, False, WEEK_MS, "deposits and withdrawals seen on chain")
+COMMANDS = TopicSpec("commands", Key.USER, False, WEEK_MS, "user commands, single or batched per partition", True)
+CHAIN_EVENTS = TopicSpec("chain-events", Key.USER, False, WEEK_MS, "deposits and withdrawals seen on chain", True)
+OPERATOR = TopicSpec("operator-commands", Key.USER, False, WEEK_MS, "approvals and risk decisions by operators", True)
 PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices, latest per symbol")
 RESULTS = TopicSpec("results", Key.USER, False, WEEK_MS, "a result per command, in ResultBatch records per partition")
 LEDGER = TopicSpec("ledger", Key.USER, False, -1, "double-entry ledger lines in LedgerBatch records, kept forever")
@@ -53,8 +60,16 @@ DEAD_LETTER = TopicSpec("dead-letter", Key.NONE, False, -1, "undecodable records
 LIMITS = TopicSpec("limits-config", Key.CONFIG, True, -1, "limit configuration, latest per key")
 
 ALL: tuple[TopicSpec, ...] = (
-    COMMANDS, CHAIN_EVENTS, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
+    COMMANDS, CHAIN_EVENTS, OPERATOR, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
 )
+# The engine's input topics, one per source of inputs (processors.inputs): who may write a topic is who
+# the engine takes that source's inputs from.
+INPUTS: dict[str, TopicSpec] = {"user": COMMANDS, "chain": CHAIN_EVENTS, "operator": OPERATOR}
+
+
+def input_sources(settings: Settings) -> dict[str, str]:
+    """input topic name -> the source its records are taken as"""
+    return {spec.name(settings): source for source, spec in INPUTS.items()}
 
 
 def create_all(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, str]]:

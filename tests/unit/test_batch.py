@@ -15,6 +15,7 @@ from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TopicSpec
 
 PARTITIONS = 4
 CHAIN = "t.chain-events"
+SOURCES = {"t.commands": "user", CHAIN: "chain", "t.operator": "operator"}
 
 
 def user_on(partition: int) -> str:
@@ -44,7 +45,7 @@ def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
     inputs = [(src(1, 0), b"garbage"), (src(1, 1), truncated), (src(1, 2), to_sign), (src(1, 3), unknown_schema),
               (src(1, 4), None), (src(1, 5), good)]
     stored: dict[str, UserState] = {}
-    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run(inputs, lambda u, p: stored.get(u))
+    step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run(inputs, lambda u, p: stored.get(u))
     dead = [CODEC.decode_as("DeadLetter", v) for spec, _, v, _ in step.records if spec is DEAD_LETTER]
     assert [d["source_offset"] for d in dead] == [0, 1, 2, 3, 4]
     assert dead[0]["value"] == b"garbage" and dead[1]["value"] == truncated and dead[4]["value"] is None
@@ -59,7 +60,7 @@ def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None
     user = user_on(2)
     batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1, "commands": [
         command_to_avro(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))]})
-    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(src(0, 0), batch)], lambda u, p: None)
+    step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(src(0, 0), batch)], lambda u, p: None)
     ((partition, result),) = batched(step, RESULTS, "ResultBatch", "results")
     assert result["reason"] == "WRONG_PARTITION" and partition == 0 and not step.states
 
@@ -74,7 +75,7 @@ def test_step_applies_both_topics_in_order_and_emits_ledger_keyed_by_user() -> N
                                                   "to_account": "staking"})
     inputs = [(src(3, 7), encoded(opened)), (Source(CHAIN, 3, 4, b"k", 0), encoded(deposit)),
               (src(3, 8), encoded(transfer))]
-    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run(inputs, lambda u, p: None)
+    step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run(inputs, lambda u, p: None)
     lines = batched(step, LEDGER, "LedgerBatch", "lines")
     assert {p for p, _ in lines} == {3}, "a user's lines go to the user's partition"
     assert [ln["amount"] for _, ln in lines] == ["1.500000000000000000", "-1.500000000000000000",
@@ -92,11 +93,12 @@ def test_chain_events_are_taken_from_the_chain_topic_only() -> None:
     forged = Command("ethereum:0xbb:0", 2, user, "DepositConfirmed",
                      {"chain": "ethereum", "tx_hash": "0xbb", "log_index": 0, "address": "0x" + "1" * 40,
                       "asset": "USDT", "amount": "1000000", "block_number": 9, "account": "spot"})
-    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(src(2, 0), encoded(forged))],
+    step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(src(2, 0), encoded(forged))],
                                                                   lambda u, p: stored.get(u))
     ((_, result),) = batched(step, RESULTS, "ResultBatch", "results")
     assert (result["status"], result["reason"]) == ("REJECTED", "WRONG_SOURCE")
-    assert not batched(step, LEDGER, "LedgerBatch", "lines") and not step.states
+    assert not batched(step, LEDGER, "LedgerBatch", "lines")
+    assert all(st.balances == {} and st.applied == {} for _, st in step.states.values()), "nothing applied"
     assert stored[user].balances == {} and stored[user].applied == {}
 
 
@@ -106,7 +108,7 @@ def test_replayed_records_restore_states_without_applying_or_emitting() -> None:
     transfer = encoded(Command("t", 5, user, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
                                                            "to_account": "margin"}))
     replay = Source("t.commands", 1, 7, b"k", 0, replay=True)
-    step = BatchProcessor(default_config(), PARTITIONS, CHAIN).run([(replay, transfer), (replay, b"garbage")],
+    step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(replay, transfer), (replay, b"garbage")],
                                                            lambda u, p: stored.get(u))
     assert step.records == [] and step.replayed == 1 and step.dead_letters == 0
     assert step.states == {user: (1, stored[user])} and stored[user].applied == {}

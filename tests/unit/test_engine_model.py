@@ -19,6 +19,7 @@ from processors.engine import apply
 from processors.messages import Command, LedgerLine, Result
 from processors.money import format_amount
 from processors.state import UserState
+from tests.unit.core import Engine, ctx
 
 BASE = default_config()
 SCALE = {"USDT": 6, "BTC": 8}
@@ -48,6 +49,7 @@ class ModelUser:
     deps: dict[str, list[object]] = field(default_factory=dict)  # id -> [account, asset, amount, status]
     parked: dict[str, list[str]] = field(default_factory=dict)  # withdrawal id -> chain steps waiting for it
     frozen: bool = False
+    closed: set[str] = field(default_factory=set)  # order ids whose hold closed: used, and they take no fill
 
 
 STEP_KIND = {"cancel": "WithdrawalCancel", "broadcast": "WithdrawalBroadcast", "confirm": "WithdrawalConfirmed",
@@ -70,18 +72,21 @@ units = st.integers(min_value=1, max_value=250)
 class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        Engine.reset()  # hypothesis runs many machines in one test: each starts with an empty engine memory
         self.states: dict[str, UserState | None] = dict.fromkeys(USERS)
         self.model: dict[str, ModelUser | None] = dict.fromkeys(USERS)
         self.lines: dict[str, LedgerLine] = {}
         self.results: dict[str, Result] = {}
         self.sent: list[Command] = []
+        # chain events for a user whose account is not open yet: they wait for it, in arrival order
+        self.waiting: dict[str, list[tuple[str, object]]] = {u: [] for u in USERS}
         self.n = 0
 
     # -- plumbing ---------------------------------------------------------------------------------
     def send(self, user: str, kind: str, body: Mapping[str, object], cmd_id: str | None = None) -> Result:
         self.n += 1
         cmd = Command(cmd_id or f"c{self.n}", self.n, user, kind, body)
-        state, outcome = apply(self.states[user], cmd, CFG)
+        state, outcome = apply(self.states[user], cmd, ctx(CFG))
         self.states[user] = state
         assert cmd.id not in self.results, "test ids are unique"
         self.results[cmd.id] = outcome.result
@@ -113,7 +118,14 @@ class EngineMachine(RuleBasedStateMachine):
     def open_account(self, user: str) -> None:
         r = self.send(user, "OpenAccount", {"kyc_tier": 1, "region": "EU"})
         if self.expect(r, self.model[user] is None, None if self.model[user] is None else "USER_EXISTS"):
-            self.model[user] = ModelUser()
+            m = self.model[user] = ModelUser()
+            for what, data in self.waiting[user]:  # applied in arrival order once the account is open
+                if what == "deposit":
+                    assert isinstance(data, tuple)
+                    self._credit(m, *data)
+                else:
+                    m.parked.setdefault(str(data), []).append(what)
+            self.waiting[user] = []
 
     @rule(user=users, asset=assets, account=accounts, minor=st.integers(1, 300), tx=st.integers(0, 30))
     def deposit(self, user: str, asset: str, account: str, minor: int, tx: int) -> None:
@@ -126,11 +138,18 @@ class EngineMachine(RuleBasedStateMachine):
             return  # the same chain event again is the `replay` rule's job
         r = self.send(user, "DepositConfirmed", body, cmd_id=dep_id)
         m = self.user(user)
-        if not self.expect(r, m is not None, None if m else "UNKNOWN_USER"):
+        if m is None:  # the chain's facts wait for the account, up to a bound
+            room = len(self.waiting[user]) < CFG.parked_max
+            if self.expect(r, room, "PARKED" if room else "UNKNOWN_USER"):
+                self.waiting[user].append(("deposit", (dep_id, account, asset, amount)))
             return
-        assert m is not None
+        self.expect(r, True)
         if amount < CFG.rules[asset].min_deposit:
             assert r.reason == "BELOW_MINIMUM"
+        self._credit(m, dep_id, account, asset, amount)
+
+    def _credit(self, m: ModelUser, dep_id: str, account: str, asset: str, amount: int) -> None:
+        if amount < CFG.rules[asset].min_deposit:
             m.deps[dep_id] = [account, asset, amount, "below_minimum"]
         else:
             m.bal[(account, asset, "available")] += amount
@@ -162,7 +181,7 @@ class EngineMachine(RuleBasedStateMachine):
         r = self.send(user, "OrderHold", {"order_id": f"o{oid}", "account": account, "asset": asset,
                                           "amount": amount_text(asset, amount)})
         m = self.user(user)
-        ok = (m is not None and not m.frozen and f"o{oid}" not in m.holds
+        ok = (m is not None and not m.frozen and f"o{oid}" not in m.holds and f"o{oid}" not in m.closed
               and m.bal[(account, asset, "available")] >= amount)
         if self.expect(r, ok):
             assert m is not None
@@ -180,7 +199,7 @@ class EngineMachine(RuleBasedStateMachine):
         body = {"order_id": oid, "amount": None if amount is None else amount_text(asset, amount)}
         r = self.send(user, "OrderRelease", body)
         if held is None:
-            self.expect(r, False, "UNKNOWN_USER" if m is None else "UNKNOWN_HOLD")
+            self.expect(r, False, self._no_hold(m, oid))
             return
         assert m is not None
         account, _, remaining = held
@@ -201,7 +220,7 @@ class EngineMachine(RuleBasedStateMachine):
             r = self.send(user, "FillSettle", {"fill_id": "f", "order_id": oid, "account": "spot",
                                                 "pay_asset": "USDT", "pay_amount": "1", "receive_asset": "BTC",
                                                 "receive_amount": "0.001", "fee_amount": "0"})
-            self.expect(r, False, "UNKNOWN_USER" if m is None else "UNKNOWN_HOLD")
+            self.expect(r, False, self._no_hold(m, oid))
             return
         account, pay_asset, remaining = held
         assert isinstance(account, str) and isinstance(pay_asset, str) and isinstance(remaining, int)
@@ -249,6 +268,10 @@ class EngineMachine(RuleBasedStateMachine):
                                 "status": "approved" if need == 0 else "pending_approval"}
             self._release(m, f"w{wid}")
 
+    @staticmethod
+    def _no_hold(m: ModelUser | None, oid: str) -> str:
+        return "UNKNOWN_USER" if m is None else "ORDER_CLOSED" if oid in m.closed else "UNKNOWN_HOLD"
+
     def _pick(self, user: str, pick: int, what: str) -> tuple[str, str]:
         """Mostly an existing hold / withdrawal of any user; sometimes an id that does not exist."""
         known = sorted((u, k) for u, m in self.model.items() if m for k in (m.holds if what == "o" else m.wds))
@@ -286,6 +309,11 @@ class EngineMachine(RuleBasedStateMachine):
             body["tx_hash"] = "0x" + "cd" * 32
         r = self.send(user, STEP_KIND[what], body)
         m = self.user(user)
+        if m is None and what != "cancel":  # a chain event for an account not open yet waits for it
+            room = len(self.waiting[user]) < CFG.parked_max
+            if self.expect(r, room, "PARKED" if room else "UNKNOWN_USER"):
+                self.waiting[user].append((what, wid))
+            return
         w = m.wds.get(wid) if m else None
         if m is not None and w is None and what != "cancel":
             # a chain event ahead of its withdrawal waits for it, up to a bound
@@ -327,9 +355,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert r.reason in {"BAD_AMOUNT", "BAD_AMOUNT_SCALE", "NON_POSITIVE_AMOUNT", "AMOUNT_TOO_LARGE"}, r
             after = self.states[user]
             assert after is not None and before is not None
-            after.applied.pop(r.id)
             assert after == before, "a refused input changed the state"
-            after.applied[r.id] = r
 
     @rule(pick=st.integers(0, 10_000))
     def replay(self, pick: int) -> None:
@@ -337,11 +363,20 @@ class EngineMachine(RuleBasedStateMachine):
         if not self.sent:
             return
         cmd = self.sent[pick % len(self.sent)]
+        first = self.results[cmd.id]
+        if first.status != "ACCEPTED":
+            return  # a refusal is not remembered: the same input is decided again on the state it meets
+        m = self.model[cmd.user_id]
+        if cmd.kind == "DepositConfirmed" and m is not None and m.deps.get(cmd.id, [None] * 4)[3] == "reverted":
+            return  # the confirmation of a reverted deposit again is its re-inclusion: credited again (test_rejections)
         before = copy.deepcopy(self.states[cmd.user_id])
-        state, outcome = apply(self.states[cmd.user_id], cmd, CFG)
+        state, outcome = apply(self.states[cmd.user_id], cmd, ctx(CFG))
         assert state == before, "a duplicate changed the state"
         assert outcome.lines == () and outcome.events == ()
-        assert outcome.result == self.results[cmd.id]
+        if cmd.kind == "DepositConfirmed":  # known by its deposit's record: answered with what became of it
+            assert outcome.result.status == "ACCEPTED"
+        else:
+            assert outcome.result == first
 
     # -- helpers and invariants -------------------------------------------------------------------
     def _reduce(self, m: ModelUser, oid: str, amount: int) -> None:
@@ -350,6 +385,7 @@ class EngineMachine(RuleBasedStateMachine):
         m.bal[(str(account), str(asset), "frozen")] -= amount
         if remaining == amount:
             del m.holds[oid]
+            m.closed.add(oid)
         else:
             m.holds[oid][2] = remaining - amount
 

@@ -12,19 +12,20 @@ from processors.config import default_config
 from processors.engine import apply
 from processors.messages import Command
 from processors.state import UserState
+from tests.unit.core import ctx
 
 CFG = default_config()
 ADDR = "0x" + "ab" * 20
 
 
 def funded() -> UserState:
-    state, _ = apply(None, Command("open", 1, "u", "OpenAccount", {"kyc_tier": 1, "region": "DE"}), CFG)
+    state, _ = apply(None, Command("open", 1, "u", "OpenAccount", {"kyc_tier": 1, "region": "DE"}), ctx(CFG))
     body = {"chain": "ethereum", "tx_hash": "0x01", "log_index": 0, "address": ADDR, "asset": "USDT",
             "amount": "100", "block_number": 1, "account": "spot"}
-    state, out = apply(state, Command("ethereum:0x01:0", 2, "u", "DepositConfirmed", body), CFG)
+    state, out = apply(state, Command("ethereum:0x01:0", 2, "u", "DepositConfirmed", body), ctx(CFG))
     assert out.result.status == "ACCEPTED"
     state, out = apply(state, Command("h", 3, "u", "OrderHold",
-                                      {"order_id": "o1", "account": "spot", "asset": "USDT", "amount": "10"}), CFG)
+                                      {"order_id": "o1", "account": "spot", "asset": "USDT", "amount": "10"}), ctx(CFG))
     assert out.result.status == "ACCEPTED"
     return state
 
@@ -76,49 +77,52 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
 def test_refused_with_reason_and_nothing_changes(why: str, kind: str, body: dict[str, Any], reason: str) -> None:
     state = funded()
     before = copy.deepcopy(state)
-    after, out = apply(state, Command("bad", 10, "u", kind, body), CFG)
+    after, out = apply(state, Command("bad", 10, "u", kind, body), ctx(CFG))
     assert (out.result.status, out.result.reason) == ("REJECTED", reason), out.result.detail
     assert out.lines == () and out.events == ()
-    del after.applied["bad"]
-    assert after == before
+    assert after == before, "a refusal changes nothing and is not remembered"
 
 
 def test_deposit_id_must_be_the_chain_position() -> None:
     state = funded()
     body = {"chain": "ethereum", "tx_hash": "0x02", "log_index": 0, "address": ADDR, "asset": "USDT",
             "amount": "5", "block_number": 2, "account": "spot"}
-    _, out = apply(state, Command("some-uuid", 5, "u", "DepositConfirmed", body), CFG)
+    _, out = apply(state, Command("some-uuid", 5, "u", "DepositConfirmed", body), ctx(CFG))
     assert out.result.reason == "BAD_DEPOSIT_ID"
 
 
-def test_unknown_user_is_refused_and_remembered() -> None:
+def test_a_refusal_is_not_remembered() -> None:
+    """An input refused for a state that can change (no account yet, no funds yet) applies when sent again
+    once it can: only accepted inputs are remembered (a redelivery after a crash is caught by positions)."""
     cmd = Command("t", 1, "ghost", "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
                                                 "to_account": "margin"})
-    state, out = apply(None, cmd, CFG)
-    assert out.result.reason == "UNKNOWN_USER" and not state.opened
-    state, _ = apply(state, Command("open", 2, "ghost", "OpenAccount", {"kyc_tier": 0, "region": "DE"}), CFG)
-    _, again = apply(state, cmd, CFG)
-    assert again.result == out.result, "a redelivered input gets its first answer"
+    state, out = apply(None, cmd, ctx(CFG))
+    assert out.result.reason == "UNKNOWN_USER" and not state.opened and not state.applied
+    state, _ = apply(state, Command("open", 2, "ghost", "OpenAccount", {"kyc_tier": 0, "region": "DE"}), ctx(CFG))
+    _, again = apply(state, cmd, ctx(CFG))
+    assert again.result.reason == "INSUFFICIENT_FUNDS", "decided again on the state it meets now"
 
 
 def test_frozen_account_refuses_new_exposure_but_accepts_chain_events() -> None:
     state = funded()
     state.status = "frozen"
     _, out = apply(state, Command("t", 9, "u", "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                                             "to_account": "margin"}), CFG)
+                                                             "to_account": "margin"}), ctx(CFG))
     assert out.result.reason == "ACCOUNT_FROZEN"
     body = {"chain": "ethereum", "tx_hash": "0x03", "log_index": 0, "address": ADDR, "asset": "USDT",
             "amount": "5", "block_number": 3, "account": "spot"}
-    _, out = apply(state, Command("ethereum:0x03:0", 10, "u", "DepositConfirmed", body), CFG)
+    _, out = apply(state, Command("ethereum:0x03:0", 10, "u", "DepositConfirmed", body), ctx(CFG))
     assert out.result.status == "ACCEPTED"
 
 
 def test_applied_window_is_bounded() -> None:
     state = funded()
     for i in range(CFG.applied_window + 50):
-        state, _ = apply(state, Command(f"r{i}", 100 + i, "u", "OrderRelease", {"order_id": "x", "amount": None}), CFG)
+        state, _ = apply(state, Command(f"r{i}", 100 + i, "u", "Transfer", {
+            "asset": "USDT", "amount": "1", "from_account": "spot" if i % 2 else "margin",
+            "to_account": "margin" if i % 2 else "spot"}), ctx(CFG))
     assert len(state.applied) == CFG.applied_window
-    assert "r0" not in state.applied and f"r{CFG.applied_window + 49}" in state.applied
+    assert "user/r0" not in state.applied and f"user/r{CFG.applied_window + 49}" in state.applied
 
 
 def test_chain_event_ahead_of_its_withdrawal_waits_for_it() -> None:
@@ -126,9 +130,9 @@ def test_chain_event_ahead_of_its_withdrawal_waits_for_it() -> None:
     on its own topic, may already be there: it is parked and applied when the withdrawal appears."""
     state = funded()
     state, out = apply(state, Command("c1", 20, "u", "WithdrawalConfirmed", {"withdrawal_id": "w1", "tx_hash": "0x"}),
-                       CFG)
+                       ctx(CFG))
     assert (out.result.status, out.result.reason, out.lines) == ("ACCEPTED", "PARKED", ())
-    state, out = apply(state, Command("r1", 21, "u", "WithdrawalRequest", wd()), CFG)
+    state, out = apply(state, Command("r1", 21, "u", "WithdrawalRequest", wd()), ctx(CFG))
     assert out.result.status == "ACCEPTED"
     assert [ln.entry_type for ln in out.lines] == ["WITHDRAWAL_FREEZE"] * 2 + ["WITHDRAWAL"] * 3
     assert {ln.entry_id for ln in out.lines if ln.entry_type == "WITHDRAWAL"} == {"c1"}
@@ -143,13 +147,13 @@ def test_parked_events_wait_for_approval_and_are_bounded() -> None:
     state = funded()
     for i in range(cfg.parked_max):
         state, out = apply(state, Command(f"b{i}", 30 + i, "u", "WithdrawalBroadcast",
-                                          {"withdrawal_id": f"x{i}", "tx_hash": "0x"}), cfg)
+                                          {"withdrawal_id": f"x{i}", "tx_hash": "0x"}), ctx(cfg))
         assert out.result.reason == "PARKED"
     state, out = apply(state, Command("late", 99, "u", "WithdrawalBroadcast", {"withdrawal_id": "y", "tx_hash": "0x"}),
-                       cfg)
+                       ctx(cfg))
     assert (out.result.status, out.result.reason) == ("REJECTED", "UNKNOWN_WITHDRAWAL")
-    state, _ = apply(state, Command("r", 100, "u", "WithdrawalRequest", wd(withdrawal_id="x0", amount="50")), cfg)
+    state, _ = apply(state, Command("r", 100, "u", "WithdrawalRequest", wd(withdrawal_id="x0", amount="50")), ctx(cfg))
     assert state.withdrawals["x0"].status == "pending_approval" and "x0" in state.parked, "waits for approval"
     state, _ = apply(state, Command("a", 101, "u", "WithdrawalApprove", {"withdrawal_id": "x0", "approver": "ops"}),
-                     cfg)
+                     ctx(cfg))
     assert state.withdrawals["x0"].status == "broadcast" and "x0" not in state.parked

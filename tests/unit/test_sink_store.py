@@ -27,6 +27,7 @@ from sinks.http import ClickHouseHTTPServer
 from sinks.migrations import MigrationChanged, available, migrate
 from sinks.reconcile import Report, engine_state, reconcile
 from sinks.store import ChdbStore, ServerStore, StoreRejected
+from tests.unit.core import ctx
 
 CFG = default_config()
 BTC_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
@@ -58,7 +59,7 @@ def _day(users: int = 12, rounds: int = 8) -> tuple[list[LedgerLine], dict[str, 
     states: dict[str, UserState] = {}
     lines: list[LedgerLine] = []
     for cmd in _matched(commands(users, rounds)):
-        state, outcome = apply(states.get(cmd.user_id), cmd, CFG)
+        state, outcome = apply(states.get(cmd.user_id), cmd, ctx(CFG, now_ms=cmd.ts_ms))  # engine time as stamped
         states[cmd.user_id] = state
         assert outcome.result.status == "ACCEPTED", outcome.result
         lines.extend(outcome.lines)

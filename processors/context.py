@@ -1,0 +1,98 @@
+"""What an input is applied in: engine time, the config in force, its position, and the engine's
+memory outside the hot user state.
+
+`apply(state, input, ctx)` sees nothing else, so a step re-applied after a crash sees the same context
+as the first time: engine time is the broker's timestamp of the input's own record (LogAppendTime on
+every input topic), which the log returns unchanged when the record is read back; the config is the
+one in force for the partition (a config change will arrive as an input record, ordered by the journal
+like any other); the position is the record's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from processors.config import EngineConfig
+from processors.state import UserState
+
+NEVER: Final = 0  # a memory record that does not expire
+# One memory record: [expires at (engine ms, 0: never), topic, offset of the input that wrote it, data]
+Record = list[Any]
+Lookup = Callable[[str, str], bytes | None]  # (user, key) -> the stored record, or None
+
+
+def _no_lookup(user: str, key: str) -> bytes | None:
+    return None
+
+
+class Memory:
+    """Records the engine keeps per user outside the hot state, each until an engine time: the ids of
+    applied inputs (the dedup horizon), deposits, closed orders, fill ids, withdrawal ids. Stored in
+    their own changelogged table by the shell; read through `lookup`, written here during a step and
+    stored before the step's states.
+
+    A record counts only while the user's state includes the input that wrote it (its topic/offset at
+    or below `UserState.through`): a record stored by a step whose state was never stored (a crash
+    between the two) is ignored and written again when the input is re-applied.
+    """
+
+    __slots__ = ("_lookup", "written")
+
+    def __init__(self, lookup: Lookup = _no_lookup) -> None:
+        self._lookup = lookup
+        # user -> key -> record written during this step (None: deleted), in the order written
+        self.written: dict[str, dict[str, Record | None]] = {}
+
+    def get(self, state: UserState, key: str, now_ms: int) -> Any:
+        """The data of a live record, or None."""
+        mine = self.written.get(state.user_id)
+        if mine is not None and key in mine:
+            record = mine[key]  # written by this step, to the very state in hand
+            if record is None:
+                return None
+        else:
+            raw = self._lookup(state.user_id, key)
+            if raw is None:
+                return None
+            record = json.loads(raw)
+            if state.through.get(record[1], -1) < record[2]:
+                return None  # written by a step whose state was not stored: not applied as far as the state knows
+        expires, _, _, data = record
+        if expires != NEVER and expires <= now_ms:
+            return None
+        return data
+
+    def put(self, user: str, key: str, record: Record) -> None:
+        self.written.setdefault(user, {})[key] = record
+
+    def forget(self, user: str) -> None:
+        """Drop what this step wrote for `user` (the step re-applies that user's inputs)."""
+        self.written.pop(user, None)
+
+
+class Context:
+    """Per input: engine time, config, the input's position, the engine's memory. A plain slotted class
+    so that building one per input is cheap (compiled, no Python-level call)."""
+
+    __slots__ = ("cfg", "memory", "now_ms", "offset", "topic")
+
+    def __init__(self, now_ms: int, cfg: EngineConfig, memory: Memory | None = None, topic: str = "",
+                 offset: int = 0) -> None:
+        self.now_ms = now_ms
+        self.cfg = cfg
+        self.memory = memory if memory is not None else Memory()
+        self.topic = topic
+        self.offset = offset
+
+    def recall(self, state: UserState, key: str) -> Any:
+        return self.memory.get(state, key, self.now_ms)
+
+    def remember(self, state: UserState, key: str, data: Any, expires_ms: int) -> None:
+        """Keep `data` under `key` until engine time `expires_ms` (NEVER: for good)."""
+        self.memory.put(state.user_id, key, [expires_ms, self.topic, self.offset, data])
+
+    def horizon(self) -> int:
+        """Expiry of a record written now that must outlive every resend the input topics can hold."""
+        return self.now_ms + self.cfg.dedup_horizon_ms
