@@ -58,12 +58,12 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     digest = ""
     if not spec.by_record:
         prior = state.applied.get(key)
-        if prior is not None:
-            if prior.kind != cmd.kind:
-                return _refused(cmd, _reused(cmd, prior.kind))
-            return build(Outcome, (prior, (), (), ()))
         digest = _digest(cmd)
         known = ctx.recall(state, "i/" + key)
+        if prior is not None:
+            if prior.kind != cmd.kind or (known is not None and known[1] != digest):
+                return _refused(cmd, _reused(cmd, prior.kind))
+            return build(Outcome, (prior, (), (), ()))
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
             if (kind, known_digest) != (cmd.kind, digest):

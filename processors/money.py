@@ -13,6 +13,7 @@ from processors.reasons import Reason
 
 MAX_DIGITS: Final = 38  # what ClickHouse's Decimal(38, s) / Int128 columns hold
 MAX_MINOR: Final = 10**MAX_DIGITS
+MAX_TEXT: Final = MAX_DIGITS + 20  # the longest amount text worth parsing: 38 digits, a dot, 18 decimals, slack
 _POW10: Final[list[int]] = [10**i for i in range(MAX_DIGITS + 19)]
 
 
@@ -38,6 +39,9 @@ def parse_amount(text: str, scale: int, *, allow_zero: bool = False) -> int:
     """'12.5' at scale 6 -> 12500000. Raises Rejected, never returns a negative."""
     if not isinstance(text, str) or not text or not text.isascii():
         raise Rejected(Reason.BAD_AMOUNT, f"{text!r} is not a decimal number")
+    if len(text) > MAX_TEXT:
+        # before int(): Python refuses to parse more than 4,300 digits, with a ValueError, not a refusal
+        raise Rejected(Reason.AMOUNT_TOO_LARGE, f"{len(text)} characters: an amount has at most {MAX_TEXT}")
     if text.isdigit():  # the common case, a whole number
         minor = int(text) * _POW10[scale]
         if minor >= MAX_MINOR:
