@@ -9,6 +9,7 @@ from processors.config import default_config
 from processors.engine import apply
 from processors.messages import Command
 from processors.state import UserState
+from streams.topics import RESULTS
 from tests.unit.core import Engine, ctx
 from tests.unit.test_batch import PARTITIONS, SOURCES, batched, encoded, user_on
 
@@ -161,8 +162,9 @@ def test_caps_bound_what_a_user_can_make_the_engine_keep() -> None:
     _, out = apply(state, transfer("long-id" * 50), ctx(CFG))
     assert out.result.reason == "MALFORMED_COMMAND"
     for i in range(CFG.open_holds_max):
-        state, out = apply(state, Command(f"h{i}", 1, "u", "OrderHold", {"order_id": f"o{i}", "account": "spot",
-                                                                           "asset": "USDT", "amount": "0.01"}), ctx(CFG))
+        hold = Command(f"h{i}", 1, "u", "OrderHold", {"order_id": f"o{i}", "account": "spot", "asset": "USDT",
+                                                      "amount": "0.01"})
+        state, out = apply(state, hold, ctx(CFG))
         assert out.result.status == "ACCEPTED"
     _, out = apply(state, Command("one-more", 1, "u", "OrderHold", {"order_id": "x", "account": "spot",
                                                                       "asset": "USDT", "amount": "0.01"}), ctx(CFG))
@@ -189,8 +191,7 @@ def test_the_step_quarantines_an_input_the_core_fails_on() -> None:
                                               "to_account": "margin"}),
     ])]
     step = BatchProcessor(CFG, PARTITIONS, SOURCES, fail_on="boom").run(inputs, lambda u, p: stored.get(u))
-    results = {r["id"]: (r["status"], r["reason"]) for _, r in batched(step, __import__(
-        "streams.topics", fromlist=["RESULTS"]).RESULTS, "ResultBatch", "results")}
+    results = {r["id"]: (r["status"], r["reason"]) for _, r in batched(step, RESULTS, "ResultBatch", "results")}
     assert results == {"open": ("ACCEPTED", None), "boom": ("REJECTED", "INTERNAL_ERROR"),
                        "next": ("REJECTED", "INSUFFICIENT_FUNDS")}
     assert step.quarantined == 1 and step.dead_letters == 1
