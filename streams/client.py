@@ -5,6 +5,10 @@ A single command goes out keyed by its user (Kafka's murmur2 picks the partition
 as CommandBatch records, each holding only users of one partition and sent to that partition, so a
 worker pays Faust's per-record cost once per batch. Chain events go to their own topic (only the
 chain watcher may write there), operators' decisions to theirs, users' commands to the commands topic.
+
+Every record has a delivery callback: `flush()` waits for Kafka's acknowledgements and raises
+DeliveryFailed with the first refusal (a record too large, no permission, no such partition), naming
+the topic and what to do. A sender must never believe a command was sent when it was not.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processors.inputs import source_of
 from processors.messages import Command, Result
@@ -22,10 +26,29 @@ from processors.wire import command_to_avro, result_from_avro
 from schemas import CODEC
 from streams.config import Settings
 from streams.kafka import consumed, consumer_config, producer_config, watermarks
+from streams.output import DeliveryFailed
 from streams.partitioner import partition_for
 from streams.topics import INPUTS, LEDGER, RESULTS
 
 BATCH_MAX = 500  # commands per CommandBatch record
+
+
+def _what_to_do(err: KafkaError, topic: str, partition: int | None, settings: Settings) -> str:
+    """The operator's next step for a produce error, by its code."""
+    code = err.code()
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+        return (f"the record is larger than {topic} takes (the topic's max.message.bytes, or the producer's "
+                "message.max.bytes): send fewer commands per batch (send_batch(batch_max=...)) or raise the limit")
+    if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+        return f"this client may not write to {topic}: grant its principal WRITE on the topic (Kafka ACLs)"
+    if code == KafkaError._UNKNOWN_PARTITION:
+        return (f"{topic} has no partition {partition}: its partition count differs from POSFLOW_PARTITIONS="
+                f"{settings.partitions}; use the same count everywhere (`posflow topics list`)")
+    if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        return f"{topic} does not exist: create the topics with `posflow topics create`"
+    if code in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+        return f"Kafka at {settings.kafka_bootstrap} did not acknowledge in time: check it runs (`make status`)"
+    return "the command was not sent: send it again once the cause is fixed"
 
 
 class CommandClient:
@@ -33,6 +56,7 @@ class CommandClient:
         self.settings = settings
         self._producer = Producer(producer_config(settings, **producer_extra))
         self._batch_seq = 0
+        self._errors: list[tuple[KafkaError, str, int | None]] = []  # (error, topic, partition) not yet raised
 
     def _topic(self, cmd: Command) -> str:
         """Each source has its topic (streams.topics.INPUTS); a kind's source is in the registry."""
@@ -60,17 +84,33 @@ class CommandClient:
                 self._produce(topic, value, partition=p)
         return n
 
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:  # kept for flush(): a callback runs inside poll/flush and must not raise
+            self._errors.append((err, msg.topic() or "?", msg.partition()))
+
     def _produce(self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, partition=partition)
+                self._producer.produce(topic, value, key, partition=partition, on_delivery=self._on_delivery)
                 self._producer.poll(0)
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (known too large, no such partition)
+                err = exc.args[0]
+                where = partition if partition >= 0 else None
+                raise DeliveryFailed(f"command record to {topic} refused: {err.str()}; "
+                                     f"{_what_to_do(err, topic, where, self.settings)}") from exc
 
     def flush(self, timeout: float = 60.0) -> None:
+        """Wait until Kafka acknowledged every record sent; raise with the first refusal if any was refused."""
         left = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if errors:
+            err, topic, partition = errors[0]
+            more = f" ({len(errors) - 1} more records refused)" if len(errors) > 1 else ""
+            raise DeliveryFailed(f"command record to {topic} [partition {partition}] not delivered: {err.str()}"
+                                 f"{more}; {_what_to_do(err, topic, partition, self.settings)}")
         if left:
             raise TimeoutError(f"{left} command records not acknowledged by Kafka within {timeout}s")
 

@@ -1,0 +1,71 @@
+"""CommandClient against the real broker: a command Kafka refuses is never reported as sent. `flush()`
+raises with the first refusal, naming the topic and what to do; a client whose records all arrive says
+nothing."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
+
+from processors.messages import Command
+from streams.client import CommandClient, read_topic
+from streams.config import Settings
+from streams.output import DeliveryFailed
+from streams.topics import create_all
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(env: dict[str, str], **overrides: object) -> Settings:
+    base = {"kafka_bootstrap": env["KAFKA_BOOTSTRAP"], "topic_prefix": env["POSFLOW_TOPIC_PREFIX"],
+            "app_id": env["POSFLOW_APP_ID"], "home": Path(env["POSFLOW_HOME"])}
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def _open(user: str, cid: str | None = None) -> Command:
+    return Command(cid or f"open-{user}", 1_700_000_000_000, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+
+
+def _limit_record_size(settings: Settings, topic: str, max_bytes: int) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    entry = ConfigEntry("max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET)
+    for future in admin.incremental_alter_configs([ConfigResource("topic", topic,
+                                                                  incremental_configs=[entry])]).values():
+        future.result(30)
+
+
+def test_a_record_larger_than_the_topic_takes_fails_flush(isolated_env: dict[str, str]) -> None:
+    settings = _settings(isolated_env)
+    create_all(settings)
+    client = CommandClient(settings)
+    topic = client._topic(_open("u1"))
+    _limit_record_size(settings, topic, 4096)
+    client.send(_open("u1"))
+    client.flush()  # a record that fits: acknowledged, nothing raised
+    huge = base64.b64encode(os.urandom(48_000)).decode()  # random: no compression shrinks it under the limit
+    client.send(_open("u2", cid=huge))  # the producer's own limit (1 MB) lets it go; the broker refuses it
+    with pytest.raises(DeliveryFailed, match=rf"to {topic} .*too large.*max\.message\.bytes"):
+        client.flush()
+    client.send(_open("u3"))
+    client.flush()  # the error was reported once; the client goes on
+    ids = {len(v) > 4096 for *_, v in read_topic(settings, topic)}
+    assert ids == {False}, "the refused record is not on the topic"
+
+
+def test_a_partition_the_topic_does_not_have_fails_flush(isolated_env: dict[str, str]) -> None:
+    """A client configured for more partitions than the topics have (POSFLOW_PARTITIONS differs)."""
+    create_all(_settings(isolated_env, partitions=4))
+    client = CommandClient(_settings(isolated_env, partitions=16))
+    topic = client._topic(_open("u1"))
+    with pytest.raises(DeliveryFailed, match=rf"{topic}.*(Unknown partition|UNKNOWN_PARTITION).*POSFLOW_PARTITIONS"):
+        client.send_batch([_open(f"u{i}") for i in range(64)])  # users on all 16 partitions
+        client.flush()
