@@ -8,8 +8,9 @@ same server to run the clickhouse-connect path against the real ClickHouse engin
 What is served is what clients use: `GET /ping`; queries by `query=` and/or the request body, with
 `param_<name>` bound parameters, `database`, `default_format`; `INSERT ... FORMAT <fmt>` with the data
 in the body (plain or lz4 / zstd / gzip encoded); errors as HTTP 500 with ClickHouse's message and
-`X-ClickHouse-Exception-Code`. Server-side settings sent by clients are accepted and ignored except
-`insert_deduplication_token`.
+`X-ClickHouse-Exception-Code` (the sink classifies errors by that code). Server-side settings sent by
+clients are accepted and ignored except `insert_deduplication_token` and the sink's own insert settings
+(sinks.store.INSERT_SETTINGS).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sinks.store import ChdbStore, StoreRejected, sql_quote
+from sinks.store import INSERT_SETTINGS, ChdbStore, StoreError, StoreRejected, sql_quote
 
 _FORMAT_TAIL = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s", re.IGNORECASE)
@@ -106,8 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
                 fmt, query = tail.group(1), query[: tail.start()]
             data = store.raw(query, fmt, bound or None)
             self._reply(200, data, "application/octet-stream", {"X-ClickHouse-Format": fmt})
-        except StoreRejected as exc:
-            self._error(500, str(exc))
+        except StoreError as exc:  # refused, or transient: the code goes back for the client to classify
+            self._error(500, str(exc), exc.code)
         except Exception as exc:  # a reply, never a dropped connection
             self._error(500, f"Code: 1. DB::Exception: {type(exc).__name__}: {exc}")
 
@@ -116,15 +117,16 @@ class _Handler(BaseHTTPRequestHandler):
         if tail is None:
             raise StoreRejected("Code: 62. DB::Exception: an INSERT with data in the body needs FORMAT <name>")
         statement = query[: tail.start()]
-        token = params.get("insert_deduplication_token")
-        if token:
-            statement += f" SETTINGS insert_deduplication_token = {sql_quote(token)}"
+        settings = {k: params[k] for k in ("insert_deduplication_token", *INSERT_SETTINGS) if params.get(k)}
+        if settings:
+            statement += " SETTINGS " + ", ".join(f"{k} = {sql_quote(v)}" for k, v in settings.items())
         self.server.store.insert_sql(statement, tail.group(1), body)
 
-    def _error(self, status: int, message: str) -> None:
-        code = _CODE.search(message)
-        self._reply(status, message.encode() + b"\n", "text/plain",
-                    {"X-ClickHouse-Exception-Code": code.group(1) if code else "1"})
+    def _error(self, status: int, message: str, code: int | None = None) -> None:
+        if code is None:
+            found = _CODE.search(message)
+            code = int(found.group(1)) if found else 1
+        self._reply(status, message.encode() + b"\n", "text/plain", {"X-ClickHouse-Exception-Code": str(code)})
 
     def _reply(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -6,11 +6,15 @@ Kafka into ClickHouse, exactly once as far as a reader of the tables can tell.
 * At most once in ClickHouse: every row has a deterministic id in its table's sorting key
   (ReplacingMergeTree, read with FINAL), and each insert carries a token made of the Kafka positions
   it holds, so a retried insert of the same records is dropped by ClickHouse before it is written.
-* ClickHouse unreachable: the batch is retried with capped exponential backoff, forever; nothing is
-  committed meanwhile, so nothing is lost.
+* ClickHouse unreachable, or answering with an error that passes (memory, parts, read-only, disk,
+  timeouts: `sinks.store.classify`): the batch is retried with capped exponential backoff, forever;
+  nothing is committed meanwhile, so nothing is lost.
 * A record the sink cannot store (not decodable, the wrong message for its topic, or data ClickHouse
-  refuses, found by bisecting a refused insert) goes to the dead-letter topic with its original bytes,
-  and the records around it still land.
+  refuses, found by bisecting a refused insert and refused again on a new connection) goes to the
+  dead-letter topic with its original bytes, and the records around it still land. Once the cause is
+  fixed, `posflow sink --replay-dead-letters` (sinks.replay) lands them through the same `Lander`.
+* Client timestamps are never converted in a way that can fail: `ts` is clamped to ClickHouse's
+  DateTime64 range and `ts_ms` keeps the value as sent (migration 0004).
 
 The hot path does not decode Avro in Python: a ledger batch's body already is an Avro datum, so the
 sink frames the bodies as an Avro file (`sinks.avro_file`) and ClickHouse parses them.
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -34,7 +38,7 @@ from processors.wire import dead_letter_to_avro
 from schemas import CODEC, DecodeError
 from schemas.codec import HEADER_LEN
 from sinks.avro_file import container
-from sinks.store import Store, StoreRejected, StoreUnavailable
+from sinks.store import Store, StoreRejected, StoreUnavailable, clamp_ms
 from streams.config import Settings
 from streams.kafka import consumer_config
 from streams.output import OutputProducer
@@ -64,6 +68,7 @@ AVRO_ROUTES = (
 )
 CHAIN_TABLE = "chain_events"
 SINK_TOPICS = (LEDGER, RESULTS, TO_SIGN, DEAD_LETTER, CHAIN_EVENTS)
+LANDED_TOPICS = (LEDGER, RESULTS, TO_SIGN, CHAIN_EVENTS)  # whose records a dead letter may be replayed into
 
 
 class Unstorable(ValueError):
@@ -91,6 +96,7 @@ class Counters:
     records: int = 0
     inserts: int = 0
     retries: int = 0
+    reconnects: int = 0
     dead_letters: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
 
@@ -117,7 +123,8 @@ def _chain_rows(value: bytes, source: str) -> bytes:
     for cmd in commands:
         kind, body = cmd["body"]
         row = {
-            "id": cmd["id"], "ts": _iso(cmd["ts_ms"]), "user_id": cmd["user_id"], "kind": kind.removeprefix("posflow."),
+            "id": cmd["id"], "ts": _iso(cmd["ts_ms"]), "ts_ms": cmd["ts_ms"], "user_id": cmd["user_id"],
+            "kind": kind.removeprefix("posflow."),
             "chain": body.get("chain", ""), "tx_hash": body.get("tx_hash", ""), "log_index": body.get("log_index"),
             "block_number": body.get("block_number"), "address": body.get("address", ""),
             "asset": body.get("asset", ""), "amount": body.get("amount", ""), "account": body.get("account", ""),
@@ -128,8 +135,110 @@ def _chain_rows(value: bytes, source: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    """A DateTime64(3) text for any ms value: clamped as the views clamp (migration 0004), and in integer
+    arithmetic (a float of ms is off by one ms near the range's ends)."""
+    return (_EPOCH + timedelta(milliseconds=clamp_ms(ts_ms))).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+class Lander:
+    """Prepares Kafka records for their tables and lands them in ClickHouse: what the sink does with a
+    batch, without the Kafka side, so that `--replay-dead-letters` lands a record exactly as the sink
+    would have (same rows, same ids, same tokens for the same positions)."""
+
+    def __init__(self, settings: Settings, store: Store, counters: Counters, stop: threading.Event,
+                 backoff_max_s: float = 10.0) -> None:
+        self.store = store
+        self.counters = counters
+        self.backoff_max_s = backoff_max_s
+        self._stop = stop
+        self._routes = {r.spec.name(settings): r for r in AVRO_ROUTES}
+        self._headers = {name: CODEC.header(r.message) for name, r in self._routes.items()}
+        self._chain_topic = CHAIN_EVENTS.name(settings)
+
+    def prepare(self, item: Item) -> bytes:
+        """The record as its table takes it; DecodeError or Unstorable if it cannot be."""
+        value = item.value
+        if value is None:
+            raise Unstorable("EMPTY_RECORD: a record without a value (tombstone) is not an event")
+        if item.topic == self._chain_topic:
+            return _chain_rows(value, f"{item.topic}/{item.partition}/{item.offset}")
+        route = self._routes.get(item.topic)
+        if route is None:
+            raise Unstorable(f"NOT_LANDED: the sink does not land topic {item.topic}")
+        if value[:HEADER_LEN] == self._headers[item.topic]:
+            return value[HEADER_LEN:]  # the current batch schema: the body is the Avro datum
+        name, record = CODEC.decode(value)  # an older version, or a lone item: rewrite in the current shape
+        if name == route.single and route.items:
+            record = {"id": f"{item.topic}/{item.partition}/{item.offset}", "ts_ms": record["ts_ms"],
+                      "schema_version": 1, route.items: [record]}
+        elif name != route.message:
+            raise Unstorable(f"WRONG_MESSAGE_TYPE: {name} on {item.topic}")
+        return CODEC.encode(route.message, record)[HEADER_LEN:]
+
+    def table_of(self, item: Item) -> str:
+        return CHAIN_TABLE if item.topic == self._chain_topic else self._routes[item.topic].table
+
+    def land(self, items: Sequence[Item]) -> list[tuple[Item, str]]:
+        """Insert prepared items, one insert per table (bisected on refusal); returns the refused ones with
+        why. Returns only when everything else is in ClickHouse; Abandoned if stopped during an outage."""
+        groups: dict[str, list[Item]] = {}
+        for it in items:
+            groups.setdefault(self.table_of(it), []).append(it)
+        refused: list[tuple[Item, str]] = []
+        for table, group in groups.items():
+            self._insert_or_bisect(table, group, refused)
+        return refused
+
+    def _encode(self, table: str, items: Sequence[Item]) -> tuple[str, bytes]:
+        if table == CHAIN_TABLE:
+            return "JSONEachRow", b"".join(it.payload for it in items)
+        return "Avro", container(self._routes[items[0].topic].message, [it.payload for it in items])
+
+    def _insert_or_bisect(self, table: str, items: list[Item], refused: list[tuple[Item, str]]) -> None:
+        try:
+            self._insert(table, items)
+        except StoreRejected as exc:
+            if len(items) > 1:
+                half = len(items) // 2
+                self._insert_or_bisect(table, items[:half], refused)
+                self._insert_or_bisect(table, items[half:], refused)
+                return
+            # One record refused. The code may be one nobody listed as transient (sinks.store.classify),
+            # so the refusal is believed only if ClickHouse repeats it on a new connection.
+            it = items[0]
+            log.warning("ClickHouse refused %s/%s/%s (%s); reconnecting to ask once more", it.topic, it.partition,
+                        it.offset, str(exc)[:300])
+            self.counters.reconnects += 1
+            try:
+                self._insert(table, items, reopen=True)
+            except StoreRejected as again:
+                refused.append((it, f"REFUSED_BY_CLICKHOUSE: {again}"[:2000]))
+
+    def _insert(self, table: str, items: list[Item], reopen: bool = False) -> None:
+        """Retries forever what may pass (StoreUnavailable, which includes StoreTransient: it is caught
+        here, before any caller sees it as a StoreRejected); raises StoreRejected for a refusal."""
+        fmt, data = self._encode(table, items)
+        token = _token(table, items)
+        delay = 0.2
+        while True:
+            try:
+                if reopen:
+                    self.store.reopen()
+                    reopen = False
+                self.store.insert(table, fmt, data, token)
+                break
+            except StoreUnavailable as exc:
+                self.counters.retries += 1
+                log.warning("ClickHouse unavailable (%s); retrying in %.1fs, nothing committed", exc, delay)
+                if self._stop.wait(delay):
+                    raise Abandoned(f"stopped while ClickHouse was unavailable: {exc}") from exc
+                delay = min(delay * 2, self.backoff_max_s)
+        self.counters.inserts += 1
+        self.counters.per_table[table] = self.counters.per_table.get(table, 0) + len(items)
 
 
 class Sink:
@@ -143,9 +252,8 @@ class Sink:
         self.linger_s = linger_s
         self.backoff_max_s = backoff_max_s
         self.counters = Counters()
-        self._routes = {r.spec.name(settings): r for r in AVRO_ROUTES}
-        self._headers = {name: CODEC.header(r.message) for name, r in self._routes.items()}
-        self._chain_topic = CHAIN_EVENTS.name(settings)
+        self._stop = threading.Event()
+        self.lander = Lander(settings, store, self.counters, self._stop, backoff_max_s)
         self._dead_letter_topic = DEAD_LETTER.name(settings)
         self._consumer = Consumer(consumer_config(
             settings, group,
@@ -155,7 +263,6 @@ class Sink:
         self._pending: list[Item] = []
         self._dead: list[tuple[Item, str]] = []
         self._first_at = 0.0
-        self._stop = threading.Event()
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, until: Callable[[], bool] | None = None, progress: Callable[[Counters], None] | None = None,
@@ -217,28 +324,11 @@ class Sink:
             self._first_at = time.monotonic()
         self.counters.records += 1
         try:
-            item.payload = self._prepare(item)
+            item.payload = self.lander.prepare(item)
         except (DecodeError, Unstorable) as exc:
             self._dead.append((item, str(exc)))
         self._pending.append(item)
         self._pending_bytes += len(item.payload)
-
-    def _prepare(self, item: Item) -> bytes:
-        value = item.value
-        if value is None:
-            raise Unstorable("EMPTY_RECORD: a record without a value (tombstone) is not an event")
-        if item.topic == self._chain_topic:
-            return _chain_rows(value, f"{item.topic}/{item.partition}/{item.offset}")
-        route = self._routes[item.topic]
-        if value[:HEADER_LEN] == self._headers[item.topic]:
-            return value[HEADER_LEN:]  # the current batch schema: the body is the Avro datum
-        name, record = CODEC.decode(value)  # an older version, or a lone item: rewrite in the current shape
-        if name == route.single and route.items:
-            record = {"id": f"{item.topic}/{item.partition}/{item.offset}", "ts_ms": record["ts_ms"],
-                      "schema_version": 1, route.items: [record]}
-        elif name != route.message:
-            raise Unstorable(f"WRONG_MESSAGE_TYPE: {name} on {item.topic}")
-        return CODEC.encode(route.message, record)[HEADER_LEN:]
 
     # -- landing -----------------------------------------------------------------------------
     def flush(self) -> None:
@@ -246,52 +336,11 @@ class Sink:
         if not self._pending:
             return
         dead_ids = {id(it) for it, _ in self._dead}
-        groups: dict[str, list[Item]] = {}
-        for it in self._pending:
-            if id(it) not in dead_ids:
-                groups.setdefault(self._table_of(it), []).append(it)
-        for table, items in groups.items():
-            self._insert_or_bisect(table, items)
+        self._dead.extend(self.lander.land([it for it in self._pending if id(it) not in dead_ids]))
         self._send_dead_letters()
         self._commit(self._pending)
         self._pending = []
         self._pending_bytes = 0
-
-    def _table_of(self, item: Item) -> str:
-        return CHAIN_TABLE if item.topic == self._chain_topic else self._routes[item.topic].table
-
-    def _encode(self, table: str, items: Sequence[Item]) -> tuple[str, bytes]:
-        if table == CHAIN_TABLE:
-            return "JSONEachRow", b"".join(it.payload for it in items)
-        return "Avro", container(self._routes[items[0].topic].message, [it.payload for it in items])
-
-    def _insert_or_bisect(self, table: str, items: list[Item]) -> None:
-        try:
-            self._insert(table, items)
-        except StoreRejected as exc:
-            if len(items) == 1:
-                self._dead.append((items[0], f"REFUSED_BY_CLICKHOUSE: {exc}"[:2000]))
-                return
-            half = len(items) // 2
-            self._insert_or_bisect(table, items[:half])
-            self._insert_or_bisect(table, items[half:])
-
-    def _insert(self, table: str, items: list[Item]) -> None:
-        fmt, data = self._encode(table, items)
-        token = _token(table, items)
-        delay = 0.2
-        while True:
-            try:
-                self.store.insert(table, fmt, data, token)
-                break
-            except StoreUnavailable as exc:
-                self.counters.retries += 1
-                log.warning("ClickHouse unavailable (%s); retrying in %.1fs, nothing committed", exc, delay)
-                if self._stop.wait(delay):
-                    raise Abandoned(f"stopped while ClickHouse was unavailable: {exc}") from exc
-                delay = min(delay * 2, self.backoff_max_s)
-        self.counters.inserts += 1
-        self.counters.per_table[table] = self.counters.per_table.get(table, 0) + len(items)
 
     def _send_dead_letters(self) -> None:
         if not self._dead:
