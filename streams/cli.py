@@ -80,6 +80,13 @@ def cmd_sink(args: argparse.Namespace) -> int:
     store = _open_store(settings)
     if store is None:
         return 2
+    if args.replay_dead_letters:
+        from sinks.replay import replay_main
+
+        try:
+            return replay_main(settings, store, from_beginning=args.from_beginning)
+        finally:
+            store.close()
     server = None
     if isinstance(store, ChdbStore) and args.http_port:
         try:
@@ -99,7 +106,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     def progress(c: Counters) -> None:
         tables = ", ".join(f"{t} {n}" for t, n in sorted(c.per_table.items()))
         print(f"sink: {c.records} records read, {c.inserts} inserts ({tables}), "
-              f"{c.dead_letters} dead letters, {c.retries} retries", flush=True)
+              f"{c.dead_letters} dead letters, {c.retries} retries, {c.reconnects} reconnects", flush=True)
 
     counters = sink.run(progress=progress)
     progress(counters)
@@ -178,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="serve the embedded chDB over ClickHouse's HTTP interface on 127.0.0.1 (0: off)")
     p.add_argument("--max-records", type=int, default=2000, help="Kafka records per insert at most")
     p.add_argument("--linger-ms", type=int, default=200, help="how long a record may wait for its batch")
+    p.add_argument("--replay-dead-letters", action="store_true",
+                   help="instead of sinking: land the dead letters of the sink's topics again (once their cause is "
+                        "fixed), from where the last replay stopped, print what landed and what is still refused")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="with --replay-dead-letters: read the whole dead-letter topic, not from the last replay")
     p.set_defaults(func=cmd_sink)
     p = sub.add_parser("sql", help="run a query on the configured ClickHouse and print a table")
     p.add_argument("query")
