@@ -81,9 +81,9 @@ class Step:
     skipped: int = 0  # commands already in the loaded state (an interrupted step stored it): not re-applied
     ts_ms: int = 0  # the latest engine time (input record timestamp) of the step: the batch records' time
 
-    def memory_entries(self, owner: Callable[[str], int]) -> list[tuple[int, bytes, bytes | None]]:
-        """(partition, memory-table key, value or None to delete) of every record the step wrote."""
-        return [(owner(user), memory_key(user, key), None if record is None else json.dumps(record).encode())
+    def memory_entries(self, owner: Callable[[str], int]) -> list[tuple[int, bytes, bytes]]:
+        """(partition, users-table key, value) of every memory record the step wrote."""
+        return [(owner(user), memory_key(user, key), json.dumps(record).encode())
                 for user, records in self.memory.written.items() for key, record in records.items()]
 
 

@@ -29,9 +29,9 @@ def _no_lookup(user: str, key: str) -> bytes | None:
 
 class Memory:
     """Records the engine keeps per user outside the hot state, each until an engine time: the ids of
-    applied inputs (the dedup horizon), deposits, closed orders, fill ids, withdrawal ids. Stored in
-    their own changelogged table by the shell; read through `lookup`, written here during a step and
-    stored before the step's states.
+    applied inputs (the dedup horizon), deposits, closed orders, fill ids, withdrawal ids. The shell stores
+    them in the users table under NUL-prefixed keys (processors.batch.memory_key), in the step's changelog
+    batch before the states; read through `lookup`, written here during a step.
 
     A record counts only while the user's state includes the input that wrote it (its topic/offset at
     or below `UserState.through`): a record stored by a step whose state was never stored (a crash
@@ -42,16 +42,14 @@ class Memory:
 
     def __init__(self, lookup: Lookup = _no_lookup) -> None:
         self._lookup = lookup
-        # user -> key -> record written during this step (None: deleted), in the order written
-        self.written: dict[str, dict[str, Record | None]] = {}
+        # user -> key -> record written during this step, in the order written
+        self.written: dict[str, dict[str, Record]] = {}
 
     def get(self, state: UserState, key: str, now_ms: int) -> Any:
         """The data of a live record, or None."""
         mine = self.written.get(state.user_id)
         if mine is not None and key in mine:
             record = mine[key]  # written by this step, to the very state in hand
-            if record is None:
-                return None
         else:
             raw = self._lookup(state.user_id, key)
             if raw is None:

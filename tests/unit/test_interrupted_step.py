@@ -80,7 +80,6 @@ def run(inputs: list[tuple[Source, bytes]], stored: dict[str, bytes]) -> Step:
 def store(step: Step, stored: dict[str, bytes], users: list[str] | None = None) -> None:
     # the step's memory records land first, whole (the worker writes them before the states)
     for _, key, value in step.memory_entries(lambda user: P):
-        assert value is not None
         stored[key.decode()] = value
     for user, (_, state) in step.states.items():
         if users is None or user in users:
