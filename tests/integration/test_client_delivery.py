@@ -9,12 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from processors.messages import Command
 from streams.client import CommandClient, read_topic
@@ -35,20 +30,21 @@ def _open(user: str, cid: str | None = None) -> Command:
     return Command(cid or f"open-{user}", 1_700_000_000_000, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
 
 
-def _limit_record_size(settings: Settings, topic: str, max_bytes: int) -> None:
+def _create_with_record_limit(settings: Settings, topic: str, max_bytes: int) -> None:
+    """The limit is set when the topic is created: a config altered later reaches the partition's log
+    some time after the admin call returns, and a record sent in between would still be taken."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    entry = ConfigEntry("max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET)
-    for future in admin.incremental_alter_configs([ConfigResource("topic", topic,
-                                                                  incremental_configs=[entry])]).values():
+    new = NewTopic(topic, settings.partitions, settings.replication, config={"max.message.bytes": str(max_bytes)})
+    for future in admin.create_topics([new]).values():
         future.result(30)
 
 
 def test_a_record_larger_than_the_topic_takes_fails_flush(isolated_env: dict[str, str]) -> None:
     settings = _settings(isolated_env)
-    create_all(settings)
     client = CommandClient(settings)
     topic = client._topic(_open("u1"))
-    _limit_record_size(settings, topic, 4096)
+    _create_with_record_limit(settings, topic, 4096)
+    create_all(settings)  # the other topics; this one exists with its limit
     client.send(_open("u1"))
     client.flush()  # a record that fits: acknowledged, nothing raised
     huge = base64.b64encode(os.urandom(48_000)).decode()  # random: no compression shrinks it under the limit
