@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.stack import fresh, kafka
+from processors.ledger import CLEARING, FEE_REVENUE, FILL, SYSTEM_PREFIX, SYSTEM_USER
 from schemas import CODEC
 from sinks.migrations import migrate
 from sinks.sink import Sink
@@ -40,11 +41,11 @@ def _lines(first_seq: int, n: int, ts_ms: int) -> Iterator[dict[str, Any]]:
         line_no = seq % 4
         account, bucket, asset, amount = (
             ("spot", "frozen", "USDT", "-1234.500000"), ("spot", "available", "BTC", "0.01990000"),
-            ("sys:clearing", "balance", "BTC", "-0.02000000"), ("sys:fee_revenue", "balance", "BTC", "0.00010000"),
+            (CLEARING, "balance", "BTC", "-0.02000000"), (FEE_REVENUE, "balance", "BTC", "0.00010000"),
         )[line_no]
-        system = account.startswith("sys:")
+        system = account.startswith(SYSTEM_PREFIX)
         yield {"id": f"{user}/{entry}/{line_no}", "ts_ms": ts_ms, "schema_version": 1, "entry_id": entry,
-               "entry_type": "FILL", "line_no": line_no, "user_id": "" if system else user, "account": account,
+               "entry_type": FILL, "line_no": line_no, "user_id": SYSTEM_USER if system else user, "account": account,
                "bucket": bucket, "asset": asset, "amount": amount,
                "balance_before": None if system else "10000.000000",
                "balance_after": None if system else "8765.500000", "seq": seq}

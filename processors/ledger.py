@@ -13,11 +13,43 @@ from processors.state import BORROWED, UserState
 
 _INDEX: Final[dict[str, int]] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
 
+# The ledger's names, defined here once: the handlers post with them, and the ClickHouse views name them
+# as {{ledger.NAME}} (sinks/sql, rendered by sinks.migrations), so the SQL cannot count a name the core
+# never writes. A name on lines already landed is history: changing one here changes the rendered
+# migrations, which sinks.migrations then refuses to apply over the old ones.
+
+# Entry types: what an entry records (each of its lines' entry_type).
+DEPOSIT: Final = "DEPOSIT"
+DEPOSIT_REVERSAL: Final = "DEPOSIT_REVERSAL"
+TRANSFER: Final = "TRANSFER"
+ORDER_HOLD: Final = "ORDER_HOLD"
+ORDER_RELEASE: Final = "ORDER_RELEASE"
+FILL: Final = "FILL"
+WITHDRAWAL_FREEZE: Final = "WITHDRAWAL_FREEZE"
+WITHDRAWAL: Final = "WITHDRAWAL"
+WITHDRAWAL_RETURN: Final = "WITHDRAWAL_RETURN"
+ENTRY_TYPES: Final = frozenset((DEPOSIT, DEPOSIT_REVERSAL, TRANSFER, ORDER_HOLD, ORDER_RELEASE, FILL,
+                                WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN))
+
+# System accounts: the exchange's own side of an entry. Their lines have user_id SYSTEM_USER, bucket
+# "balance", and an account named SYSTEM_PREFIX + name; their balances live in the ledger only.
+SYSTEM_USER: Final = ""
+SYSTEM_PREFIX: Final = "sys:"
+CLEARING: Final = "sys:clearing"  # both sides of every fill: nets to zero per asset across the sides
+FEE_REVENUE: Final = "sys:fee_revenue"  # trading and withdrawal fees
+CUSTODY_PREFIX: Final = "sys:custody:"  # + chain: what the exchange holds on that chain, negated
+
+
+def custody(chain: str) -> str:
+    """The custody account of one chain: a deposit debits it, a withdrawal sent credits it back."""
+    return CUSTODY_PREFIX + chain
+
 
 class Entry:
     __slots__ = ("entry_id", "entry_type", "lines", "net", "state", "ts_ms")
 
     def __init__(self, state: UserState, entry_id: str, entry_type: str, ts_ms: int) -> None:
+        assert entry_type in ENTRY_TYPES, f"entry type {entry_type} is not declared in processors.ledger"
         self.state = state
         self.entry_id = entry_id
         self.entry_type = entry_type
@@ -51,13 +83,15 @@ class Entry:
                                              state.user_id, account, bucket, asset, amount, before, after, state.seq)))
         self.net[asset] = self.net.get(asset, 0) + amount
 
-    def system(self, name: str, asset: str, amount: int) -> None:
-        """Post to a system account (sys:<name>); its balance lives in the ledger, not in user state."""
+    def system(self, account: str, asset: str, amount: int) -> None:
+        """Post to a system account (CLEARING, FEE_REVENUE, custody(chain)); its balance lives in the ledger,
+        not in user state."""
         assert amount != 0, "a zero line says nothing"
+        assert account in (CLEARING, FEE_REVENUE) or account.startswith(CUSTODY_PREFIX), f"{account}: no system account"
         state = self.state
         state.seq += 1
         self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                             "", "sys:" + name, "balance", asset, amount, None, None, state.seq)))
+                                             SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq)))
         self.net[asset] = self.net.get(asset, 0) + amount
 
     def close(self) -> tuple[LedgerLine, ...]:

@@ -22,7 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from processors.config import EngineConfig, default_config
+from processors.ledger import CLEARING
 from processors.state import UserState
+from sinks.migrations import render
 from sinks.sink import GROUP
 from sinks.store import Store
 from streams.config import Settings
@@ -141,14 +143,15 @@ def check_ledger(store: Store, report: Report, limit: int = 50) -> None:
                  f"{len(seq.rows)}+ users have holes or repeats")
     clearing = store.query("SELECT asset, balance FROM clearing WHERE balance != 0 ORDER BY asset").rows
     for asset, balance in clearing:
-        report.drift("clearing nets to zero", "sys:clearing balance", "", "sys:clearing", asset, balance, 0)
-    report.check("clearing nets to zero", clearing, "sys:clearing is 0 in every asset",
+        report.drift("clearing nets to zero", f"{CLEARING} balance", "", CLEARING, asset, balance, 0)
+    report.check("clearing nets to zero", clearing, f"{CLEARING} is 0 in every asset",
                  f"{len(clearing)} assets left in clearing")
 
 
 def check_against_engine(store: Store, engine: EngineState, report: Report) -> None:
     """(b): every user balance and every user's last sequence number, ClickHouse against the engine."""
-    rows = store.query("SELECT user_id, account, bucket, asset, balance FROM balances WHERE user_id != ''").rows
+    rows = store.query(render("SELECT user_id, account, bucket, asset, balance FROM balances "
+                              "WHERE user_id != {{ledger.SYSTEM_USER}}")).rows
     derived: dict[BalanceKey, Decimal] = {(u, a, b, s): v for u, a, b, s, v in rows if v}
     keys = sorted(set(derived) | set(engine.balances))
     diffs = [k for k in keys if derived.get(k, Decimal(0)) != engine.balances.get(k, Decimal(0))]

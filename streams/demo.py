@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processors.config import default_config
+from processors.ledger import SYSTEM_PREFIX
 from processors.messages import Command, Result
 from processors.money import format_amount, parse_signed
 from schemas import CODEC
@@ -273,7 +274,7 @@ def _play(settings: Settings, workers: list[WorkerProcess]) -> int:
         scale = cfg.assets[ln["asset"]].scale
         minor = parse_signed(ln["amount"], scale)
         net[ln["asset"]] += minor
-        if ln["account"].startswith("sys:"):
+        if ln["account"].startswith(SYSTEM_PREFIX):
             system[(ln["account"], ln["asset"])] += minor
     print(f"{len(lines)} ledger lines ({len(by_id)} distinct ids), {len(to_sign)} withdrawals sent to the signer")
     print_table(["system account", "asset", "balance"],

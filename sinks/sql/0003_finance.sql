@@ -20,14 +20,14 @@ CREATE OR REPLACE VIEW daily_flows AS
 SELECT
     toDate(ts) AS day,
     asset,
-    -sumIf(amount, entry_type = 'DEPOSIT' AND startsWith(account, 'sys:custody:')) AS deposits,
-    uniqExactIf(entry, entry_type = 'DEPOSIT') AS deposit_count,
-    sumIf(amount, entry_type = 'DEPOSIT_REVERSAL' AND startsWith(account, 'sys:custody:')) AS deposit_reversals,
-    sumIf(amount, entry_type = 'WITHDRAWAL' AND startsWith(account, 'sys:custody:')) AS withdrawals,
-    uniqExactIf(entry, entry_type = 'WITHDRAWAL') AS withdrawal_count,
-    sumIf(amount, account = 'sys:fee_revenue' AND entry_type = 'FILL') AS trading_fees,
-    sumIf(amount, account = 'sys:fee_revenue' AND entry_type = 'WITHDRAWAL') AS withdrawal_fees,
-    sumIf(amount, account = 'sys:fee_revenue') AS fees
+    -sumIf(amount, entry_type = {{ledger.DEPOSIT}} AND startsWith(account, {{ledger.CUSTODY_PREFIX}})) AS deposits,
+    uniqExactIf(entry, entry_type = {{ledger.DEPOSIT}}) AS deposit_count,
+    sumIf(amount, entry_type = {{ledger.DEPOSIT_REVERSAL}} AND startsWith(account, {{ledger.CUSTODY_PREFIX}})) AS deposit_reversals,
+    sumIf(amount, entry_type = {{ledger.WITHDRAWAL}} AND startsWith(account, {{ledger.CUSTODY_PREFIX}})) AS withdrawals,
+    uniqExactIf(entry, entry_type = {{ledger.WITHDRAWAL}}) AS withdrawal_count,
+    sumIf(amount, account = {{ledger.FEE_REVENUE}} AND entry_type = {{ledger.FILL}}) AS trading_fees,
+    sumIf(amount, account = {{ledger.FEE_REVENUE}} AND entry_type = {{ledger.WITHDRAWAL}}) AS withdrawal_fees,
+    sumIf(amount, account = {{ledger.FEE_REVENUE}}) AS fees
 FROM ledger_lines FINAL
 GROUP BY day, asset;
 
@@ -41,21 +41,21 @@ SELECT
     sum(amount) AS net_owed_to_users,
     uniqExactIf(user_id, amount != 0) AS users
 FROM ledger_lines FINAL
-WHERE user_id != ''
+WHERE user_id != {{ledger.SYSTEM_USER}}
 GROUP BY asset;
 
 -- Clearing accounts per asset: every fill passes through sys:clearing, so each must net to zero.
 CREATE OR REPLACE VIEW clearing AS
 SELECT asset, sum(amount) AS balance, count() AS lines
 FROM ledger_lines FINAL
-WHERE account = 'sys:clearing'
+WHERE account = {{ledger.CLEARING}}
 GROUP BY asset;
 
 -- Every system account per asset (custody per chain, clearing, fee revenue).
 CREATE OR REPLACE VIEW system_accounts AS
 SELECT account, asset, sum(amount) AS balance, count() AS lines
 FROM ledger_lines FINAL
-WHERE user_id = ''
+WHERE user_id = {{ledger.SYSTEM_USER}}
 GROUP BY account, asset;
 
 -- Reconciliation (a): entries that do not net to zero in an asset, and the per-asset totals.

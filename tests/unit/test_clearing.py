@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from processors.config import default_config
 from processors.engine import apply
+from processors.ledger import CLEARING
 from processors.messages import Command, LedgerLine
 from processors.money import format_amount
 from processors.state import UserState
@@ -51,7 +52,7 @@ def test_both_sides_of_a_fill_net_to_zero_in_clearing(btc_sats: int, price_cents
     lines: list[LedgerLine] = [*buy.lines, *sell.lines]
     clearing: dict[str, int] = defaultdict(int)
     for line in lines:
-        if line.account == "sys:clearing":
+        if line.account == CLEARING:
             clearing[line.asset] += line.amount
     assert clearing == {"USDT": 0, "BTC": 0}
     buyer.check()

@@ -10,6 +10,7 @@ import pytest
 
 from processors.config import default_config
 from processors.engine import apply
+from processors.ledger import WITHDRAWAL, WITHDRAWAL_FREEZE
 from processors.messages import Command
 from processors.state import UserState
 from tests.unit.core import ctx
@@ -134,8 +135,8 @@ def test_chain_event_ahead_of_its_withdrawal_waits_for_it() -> None:
     assert (out.result.status, out.result.reason, out.lines) == ("ACCEPTED", "PARKED", ())
     state, out = apply(state, Command("r1", 21, "u", "WithdrawalRequest", wd()), ctx(CFG))
     assert out.result.status == "ACCEPTED"
-    assert [ln.entry_type for ln in out.lines] == ["WITHDRAWAL_FREEZE"] * 2 + ["WITHDRAWAL"] * 3
-    assert {ln.entry_id for ln in out.lines if ln.entry_type == "WITHDRAWAL"} == {"c1"}
+    assert [ln.entry_type for ln in out.lines] == [WITHDRAWAL_FREEZE] * 2 + [WITHDRAWAL] * 3
+    assert {ln.entry_id for ln in out.lines if ln.entry_type == WITHDRAWAL} == {"c1"}
     assert state.withdrawals["w1"].status == "completed" and not state.parked
     assert state.balance("spot", "USDT") == [69_000_000, 10_000_000, 0]  # 100 - 21 - 10 held by o1
     state.check()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from bench.workload import commands
 from processors.config import default_config
 from processors.engine import apply
+from processors.ledger import CUSTODY_PREFIX, FEE_REVENUE, FILL, WITHDRAWAL
 from processors.messages import Command, LedgerLine
 from processors.state import UserState
 from processors.wire import line_to_avro
@@ -169,16 +170,16 @@ def test_finance_views_match_the_engine(chdb_store: ChdbStore,
     got = {a: n for a, n in chdb_store.query("SELECT asset, net_owed_to_users FROM liabilities").rows}
     assert got == dict(owed)
     assert all(b == 0 for _, b, _ in chdb_store.query("SELECT * FROM clearing").rows)
-    fees = sum(Decimal(ln.amount).scaleb(-scale[ln.asset]) for ln in lines if ln.account == "sys:fee_revenue"
+    fees = sum(Decimal(ln.amount).scaleb(-scale[ln.asset]) for ln in lines if ln.account == FEE_REVENUE
                and ln.asset == "BTC")
     flows = chdb_store.query("SELECT asset, sum(deposits), sum(withdrawals), sum(fees) FROM daily_flows "
                              "GROUP BY asset ORDER BY asset").rows
     n_users = len(states) - 1  # and the market maker
-    withdrawals = sum(1 for ln in lines if ln.entry_type == "WITHDRAWAL" and ln.account.startswith("sys:custody"))
-    usdt_fees = sum(Decimal(ln.amount).scaleb(-scale["USDT"]) for ln in lines if ln.account == "sys:fee_revenue"
+    withdrawals = sum(1 for ln in lines if ln.entry_type == WITHDRAWAL and ln.account.startswith(CUSTODY_PREFIX))
+    usdt_fees = sum(Decimal(ln.amount).scaleb(-scale["USDT"]) for ln in lines if ln.account == FEE_REVENUE
                     and ln.asset == "USDT")
     assert usdt_fees == Decimal(withdrawals) + Decimal("0.01") * sum(1 for ln in lines if ln.owner == "mm"
-                                                                      and ln.account == "sys:fee_revenue")
+                                                                      and ln.account == FEE_REVENUE)
     assert flows == [("BTC", Decimal(100), 0, fees),
                      ("USDT", Decimal(100_000 * n_users), Decimal(20 * withdrawals), usdt_fees)]
     # balance at a time: the workload deposits at ts 1 ms and trades from ts 2 ms on
@@ -239,7 +240,7 @@ def test_reconcile_names_planted_drift(chdb_store: ChdbStore, drift: str,
     engine = engine_state(states.values(), CFG)
     clean = reconcile(chdb_store, engine, lag={})
     assert clean.ok, clean.differences  # without the plant there is nothing to find
-    victim = next(ln for ln in lines if ln.entry_type == "FILL" and ln.user_id)
+    victim = next(ln for ln in lines if ln.entry_type == FILL and ln.user_id)
     _plant(chdb_store, drift, victim)
     report: Report = reconcile(chdb_store, engine, lag={})
     failed = {name for name, ok, _ in report.checks if not ok}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from processors.ledger import SYSTEM_USER, custody
 from schemas import CODEC
 from sinks.reconcile import EngineState, print_report, reconcile
 from sinks.sink import Counters, Item, Lander, _iso
@@ -74,7 +75,7 @@ def extreme_records(settings: Settings) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     for i, ts in enumerate(EXTREME):
         lines = [line(f"t{i}", 0, ts, seq=2 * i + 1, amount="-0.5"),
-                 line(f"t{i}", 1, ts, seq=2 * i + 2, user="", account="sys:custody:bitcoin", bucket="balance",
+                 line(f"t{i}", 1, ts, seq=2 * i + 2, user=SYSTEM_USER, account=custody("bitcoin"), bucket="balance",
                       amount="0.5")]
         out.append((LEDGER.name(settings), ledger_batch(f"lb{i}", lines, ts)))
         out.append((RESULTS.name(settings), result_batch(f"rb{i}", [result(f"t{i}", ts)])))
