@@ -44,6 +44,11 @@ def open_account(state: UserState, cmd: Command, ctx: Context) -> Applied:
     return Applied()
 
 
+def not_per_user(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    """A partition's input (a clock tick) sent for one user: the step applies ticks, never a user."""
+    raise Rejected(Reason.MALFORMED_COMMAND, f"{cmd.kind} is an input of a partition, not of a user")
+
+
 def unfreeze(state: UserState, cmd: Command, ctx: Context) -> Applied:
     """An operator lifts a risk freeze. Ledger-neutral: a debt booked by a reversal stays booked. The
     result names the approver and the reason (the audit trail, landed with every result)."""

@@ -39,10 +39,14 @@ from faust.streams import _current_event  # private, see _in_partition
 from faust.web import Request, Response, View
 
 import processors
-from processors.batch import BatchProcessor, Source, Step, spans
+from processors.batch import BatchProcessor, Scan, Source, Step, spans
 from processors.config import EngineConfig
+from processors.inputs import SYSTEM
+from processors.messages import ClockTick, Command
 from processors.money import format_amount
 from processors.state import UserState
+from processors.wire import command_to_avro
+from schemas import CODEC
 from streams.changelog import ChangelogWriter
 from streams.config import Settings
 from streams.kafka import consumer_config, read_range, watermarks
@@ -111,6 +115,8 @@ class Counters:
     redelivered: int = 0  # commands at or below progress: their users re-stored, nothing re-applied
     reapplied: int = 0  # records of interrupted steps re-applied in their journaled order
     skipped: int = 0  # commands an interrupted step had already stored in their user's state
+    ticks: int = 0  # clock ticks applied (each sweeps its partition's expired memory records)
+    swept: int = 0  # expired memory records deleted by ticks
     decoded: int = 0  # user states decoded from the table (not found in the cache of live states)
     # seconds spent per phase of a step, and waiting for the next poll
     process_s: float = 0.0
@@ -119,6 +125,11 @@ class Counters:
     store_s: float = 0.0
     idle_s: float = 0.0
     started: float = time.time()
+
+
+def _clock_tick(partition: int, now_ms: int) -> bytes:
+    tick = Command(f"tick/{partition}/{now_ms}", now_ms, "", "ClockTick", ClockTick(partition=partition), SYSTEM)
+    return CODEC.encode("Command", command_to_avro(tick))
 
 
 def _in_partition(event: Any) -> None:
@@ -205,6 +216,20 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
 
         return recall
 
+    def scanner(by_partition: dict[int, Any]) -> Scan:
+        def scan(partition: int, lo: bytes, hi: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+            """In key order, from the partition's RocksDB (the keys a tick sweeps: processors.batch)."""
+            _in_partition(by_partition[partition])
+            db = users.data._db_for_partition(partition)  # type: ignore[attr-defined]  # the RocksDB store
+            out: list[tuple[bytes, bytes]] = []
+            for key, value in db.items(from_key=lo):
+                if key >= hi or len(out) >= limit:
+                    break
+                out.append((key, value))
+            return out
+
+        return scan
+
     async def commit(done: Step, reached: dict[tuple[str, int], int], journaled: bool) -> None:
         """Journal the step's order (unless it is already journaled), send its outputs and wait for their
         acknowledgement, then store its states, the partitions' progress, and clear the journals."""
@@ -221,9 +246,9 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         if cached_bytes[0] > STATE_CACHE_BYTES:
             cache.clear()
             cached_bytes[0] = 0
-        encoded = {user: state.to_bytes() for user, (_, state) in done.states.items()}
+        encoded = done.encoded_states()
         # first the engine's memory records: a stored state implies the records of the inputs it holds
-        entries = done.memory_entries(processor.owner)
+        entries = done.memory_entries(processor.owner, cfg.sweep_period_ms)
         entries += [(partition, user.encode(), encoded[user]) for user, (partition, _) in done.states.items()]
         # then: a progress entry in the changelog implies the states written before it
         entries += [(partition, progress_key(topic, partition), str(offset).encode())
@@ -232,8 +257,10 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         entries += [(partition, journal_key(partition), NO_JOURNAL) for partition in done.runs]
         await store.write(entries)
         for user, (_, state) in done.states.items():
-            cache[user] = (encoded[user], state)
-            cached_bytes[0] += len(encoded[user])
+            stored = encoded[user]
+            if stored is not None:
+                cache[user] = (stored, state)
+                cached_bytes[0] += len(stored)
         processed.update(reached)
         counters.journal_s += t1 - t0
         counters.deliver_s += t2 - t1
@@ -243,6 +270,8 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         counters.quarantined += done.quarantined
         counters.redelivered += done.replayed
         counters.skipped += done.skipped
+        counters.ticks += done.ticks
+        counters.swept += done.swept
 
     async def finish_interrupted(events: list[Any]) -> None:
         """Re-apply a step that was interrupted after its journal was stored but before its progress was.
@@ -281,7 +310,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                 for offset in range(first, last + 1):
                     key, value, ts_ms = records[topic][offset]
                     inputs.append((Source(topic, partition, offset, key, ts_ms), value))
-            done = processor.run(inputs, loader({partition: ev}), recaller({partition: ev}))
+            done = processor.run(inputs, loader({partition: ev}), recaller({partition: ev}), scanner({partition: ev}))
             assert done.runs == {partition: runs}, f"re-applied {done.runs}, journaled {runs}"
             await commit(done, {(topic, partition): hi for topic, (_, hi) in span.items()}, journaled=True)
             counters.reapplied += len(inputs)
@@ -296,6 +325,7 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                      round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
             loader(by_partition := {ev.message.partition: ev for ev in events}),
             recaller(by_partition),
+            scanner(by_partition),
         )
         counters.process_s += time.perf_counter() - t0
         await commit(done, reached, journaled=False)
@@ -340,6 +370,21 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             elif now - since[1] > settings.stall_s:
                 _exit_for_restart(f"{tp}: {highs[tp] - 1 - done} records waiting, "
                                   f"no progress for {now - since[1]:.0f}s (Faust left the partition unfetched)")
+
+    system_topic = INPUTS[SYSTEM].name(settings)
+
+    @app.timer(settings.tick_s)  # type: ignore[untyped-decorator]
+    async def clock() -> None:
+        """Write a clock tick to each system-inputs partition this worker owns. The tick's time is the
+        broker's (LogAppendTime), so which worker writes it, or how late, changes nothing; a tick written
+        twice (say, around a rebalance) sweeps nothing the first did not."""
+        if app.rebalancing:
+            return
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == system_topic)
+        if owned:
+            now_ms = time.time_ns() // 1_000_000
+            await clients()[0].deliver([(INPUTS[SYSTEM], None, _clock_tick(p, now_ms), p)
+                                        for p in owned])
 
     @app.page("/users/{user_id}/balances")
     class Balances(View):

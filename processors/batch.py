@@ -7,6 +7,7 @@ holding the original bytes; nothing in here raises on bad input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import traceback
 from collections.abc import Callable, Iterable
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import EngineConfig
-from processors.context import Context, Memory
-from processors.engine import apply
+from processors.context import NEVER, Context, Memory
+from processors.engine import PARKED_DUE, apply, tick
+from processors.inputs import KINDS, SYSTEM
 from processors.messages import Command, LedgerLine, Outcome, Result, build
 from processors.reasons import Reason
 from processors.state import UserState
@@ -49,6 +51,12 @@ OutRecord = tuple[TopicSpec, bytes | None, bytes, int]  # topic, key, value, par
 Run = list[Any]  # [topic, first offset, last offset]: JSON as it is
 RESULTS_PER_RECORD = 1000
 LINES_PER_RECORD = 2500  # ~200 bytes each: records stay well under Kafka's 1 MB default
+# The sweep of the engine's memory. Every memory record with an expiry is listed in an index entry of its
+# partition, keyed by the end of the period it expires in (EngineConfig.sweep_period_ms), so a clock tick
+# finds what expired by an ordered scan of the keys (RocksDB) instead of reading every record.
+SWEEP_RECORDS_MAX = 20_000  # memory records deleted per tick, at most (a tick's step stays small)
+INDEX_PAIRS_MAX = 2_000  # (user, key) pairs per index entry: ~80 KB, far under Kafka's 1 MB record
+INDEX_ENTRIES_MAX = 64  # index entries read per tick
 
 
 @dataclass(slots=True)
@@ -71,24 +79,57 @@ class Step:
     floors: dict[str, dict[str, int]] = field(default_factory=dict)
     # the engine's memory records written by the step (processors.context): stored before the states
     memory: Memory = field(default_factory=Memory)
-    # user -> the inputs applied to that user in this step, in order: re-applied over the stored state
-    # when a later input of the user fails inside the core (quarantine)
-    applied: dict[str, list[tuple[Command, Context]]] = field(default_factory=dict)
+    # user -> the inputs applied to that user in this step, in order (None: a clock tick): re-applied over
+    # the stored state when a later input of the user fails inside the core (quarantine)
+    applied: dict[str, list[tuple[Command | None, Context]]] = field(default_factory=dict)
+    # users-table keys the step deletes (expired memory records, their index entries), stored before the
+    # memory records the step writes
+    deletions: list[tuple[int, bytes]] = field(default_factory=list)
+    # users whose state is deleted if, at the end of the step, they never opened and nothing waits for them
+    dropped: set[str] = field(default_factory=set)
     commands: int = 0
     dead_letters: int = 0
     quarantined: int = 0  # inputs on which the core failed: dead-lettered, INTERNAL_ERROR, state untouched
     replayed: int = 0
+    ticks: int = 0
+    swept: int = 0  # expired memory records deleted
     skipped: int = 0  # commands already in the loaded state (an interrupted step stored it): not re-applied
     ts_ms: int = 0  # the latest engine time (input record timestamp) of the step: the batch records' time
 
-    def memory_entries(self, owner: Callable[[str], int]) -> list[tuple[int, bytes, bytes]]:
-        """(partition, users-table key, value) of every memory record the step wrote."""
-        return [(owner(user), memory_key(user, key), json.dumps(record).encode())
-                for user, records in self.memory.written.items() for key, record in records.items()]
+    def memory_entries(self, owner: Callable[[str], int], period_ms: int) -> list[tuple[int, bytes, bytes | None]]:
+        """(partition, users-table key, value; None deletes) of what the step deletes, then of the index
+        entries of the memory records it wrote, then of the records."""
+        entries: list[tuple[int, bytes, bytes | None]] = [(p, key, None) for p, key in self.deletions]
+        records: list[tuple[int, bytes, bytes | None]] = []
+        expiring: dict[tuple[int, int], list[list[str]]] = {}  # (partition, period end) -> [user, key] pairs
+        for user, written in self.memory.written.items():
+            partition = owner(user)
+            for key, record in written.items():
+                records.append((partition, memory_key(user, key), json.dumps(record).encode()))
+                if record[0] != NEVER:
+                    end = (record[0] // period_ms + 1) * period_ms
+                    expiring.setdefault((partition, end), []).append([user, key])
+        for (partition, end), pairs in expiring.items():
+            topic, first, _ = self.runs[partition][0]
+            for i in range(0, len(pairs), INDEX_PAIRS_MAX):
+                value = json.dumps(pairs[i : i + INDEX_PAIRS_MAX]).encode()
+                # Named by content too: a re-applied step whose stored states skip some inputs writes a
+                # shorter list, which must not replace the first one (its records would never be swept).
+                tag = f"{topic}/{first}/{hashlib.blake2b(value, digest_size=8).hexdigest()}"
+                entries.append((partition, index_key(partition, end, tag), value))
+        return entries + records
+
+    def encoded_states(self) -> dict[str, bytes | None]:
+        """user -> the state's stored bytes; None (a tombstone) for a user a tick left with no account and
+        nothing waiting for one."""
+        return {user: None if user in self.dropped and not state.opened and not state.parked else state.to_bytes()
+                for user, (_, state) in self.states.items()}
 
 
 Loader = Callable[[str, int], UserState | None]  # (user, partition) -> stored state
 Recall = Callable[[int, bytes], bytes | None]  # (partition, memory-table key) -> stored record
+# (partition, from key, to key (excluded), at most) -> the stored (key, value) pairs between, in key order
+Scan = Callable[[int, bytes, bytes, int], list[tuple[bytes, bytes]]]
 
 
 def memory_key(user: str, key: str) -> bytes:
@@ -99,8 +140,22 @@ def memory_key(user: str, key: str) -> bytes:
     return f"\x00m/{user}\x00{key}".encode()
 
 
+def index_prefix(partition: int) -> str:
+    return f"\x00x/{partition}/"
+
+
+def index_key(partition: int, end_ms: int, tag: str) -> bytes:
+    """An index entry of memory records of `partition` that all expire before engine time `end_ms`:
+    zero-padded, so the keys sort by it (an absolute time: a change of the period keeps them in order)."""
+    return f"{index_prefix(partition)}{end_ms:015d}/{tag}".encode()
+
+
 def _no_recall(partition: int, key: bytes) -> bytes | None:
     return None
+
+
+def _no_scan(partition: int, lo: bytes, hi: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+    return []
 
 
 def _extend_runs(runs: list[Run], topic: str, offset: int) -> None:
@@ -130,7 +185,8 @@ class BatchProcessor:
         self.sources = sources
         self._partition_of: dict[str, int] = {}
 
-    def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader, recall: Recall = _no_recall) -> Step:
+    def run(self, inputs: Iterable[tuple[Source, bytes | None]], load: Loader, recall: Recall = _no_recall,
+            scan: Scan = _no_scan) -> Step:
         step = Step()
         owner = self.owner
         step.memory = Memory(lambda user, key: recall(owner(user), memory_key(user, key)))
@@ -156,6 +212,8 @@ class BatchProcessor:
             for cmd in commands:
                 if source.replay:
                     self._restore(step, source.partition, cmd.user_id, load)
+                elif cmd.source == SYSTEM and cmd.kind in KINDS and KINDS[cmd.kind].per_partition:
+                    self._tick(step, source, value, cmd, load, recall, scan)
                 else:
                     self._apply(step, source, value, cmd, load)
         header = CODEC.header("ResultBatch")
@@ -220,6 +278,66 @@ class BatchProcessor:
             step.states[cmd.user_id] = (partition, state)
         self._emit(step, partition, outcome)
 
+    def _tick(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader, recall: Recall,
+              scan: Scan) -> None:
+        """A clock tick: delete the partition's memory records that expired by engine time (less the grace),
+        listed by index entries of the hours before; a user's PARKED_DUE record gets that user a tick."""
+        partition = source.partition
+        if cmd.body.get("partition") != partition:
+            self._dead_letter(step, source, value, f"WRONG_PARTITION: a tick for partition "
+                                                   f"{cmd.body.get('partition')!r} on partition {partition}")
+            return
+        step.ticks += 1
+        due = source.ts_ms - self.cfg.sweep_grace_ms
+        lo = index_prefix(partition).encode()
+        hi = lo + f"{due + 1:015d}".encode()  # every period that ended by `due`
+        deleted = {key for p, key in step.deletions if p == partition}  # by an earlier tick of this step
+        budget = SWEEP_RECORDS_MAX
+        for key, raw in scan(partition, lo, hi, INDEX_ENTRIES_MAX):
+            if key in deleted:
+                continue
+            pairs: list[list[str]] = json.loads(raw)
+            if len(pairs) > budget:
+                break  # the next tick goes on from here
+            budget -= len(pairs)
+            for user, name in pairs:
+                self._sweep(step, source, user, name, due, load, recall)
+            step.deletions.append((partition, key))
+
+    def _sweep(self, step: Step, source: Source, user: str, name: str, due: int, load: Loader,
+               recall: Recall) -> None:
+        if name in step.memory.written.get(user, {}):
+            return  # written again in this step: live
+        stored = recall(source.partition, memory_key(user, name))
+        if stored is None:
+            return
+        expires = json.loads(stored)[0]
+        if expires == NEVER or expires > due:
+            return  # written again since, expiring later: listed again under its own period
+        step.deletions.append((source.partition, memory_key(user, name)))
+        step.swept += 1
+        if name == PARKED_DUE:
+            self._tick_user(step, source, user, load)
+
+    def _tick_user(self, step: Step, source: Source, user: str, load: Loader) -> None:
+        partition = source.partition
+        held = step.states.get(user)
+        state = held[1] if held is not None else self._load(step, user, partition, load)
+        if state is None:
+            return
+        step.states[user] = (partition, state)
+        floor = step.floors[user].get(source.topic)
+        if floor is not None and source.offset <= floor:
+            step.skipped += 1
+            return  # stored by an interrupted step
+        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset)
+        state, expired = tick(state, ctx)
+        step.applied.setdefault(user, []).append((None, ctx))
+        if expired:
+            step.results.setdefault(partition, []).extend(expired)
+        if not state.opened and not state.parked:
+            step.dropped.add(user)  # nothing waits for an account that never opened: no state to keep
+
     def _quarantine(self, step: Step, source: Source, value: bytes | None, cmd: Command, exc: Exception,
                     load: Loader) -> None:
         """The core failed on `cmd` (a bug, or input it did not foresee): the user's state may be half-changed,
@@ -232,7 +350,10 @@ class BatchProcessor:
         step.floors.pop(user, None)
         state = self._load(step, user, partition, load)
         for earlier, ctx in step.applied.get(user, []):
-            state, _ = apply(state, earlier, ctx)
+            if earlier is not None:
+                state, _ = apply(state, earlier, ctx)
+            elif state is not None:
+                state, _ = tick(state, ctx)
         if state is not None:
             step.states[user] = (partition, state)
         error = "".join(traceback.format_exception_only(exc)).strip()[:2000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -47,6 +48,11 @@ class EngineConfig:
     # An applied input's id, a closed order's id and a fill id are remembered at least this long (engine
     # time): longer than the input topics keep a record, so no resend the log can hold applies twice.
     dedup_horizon_ms: int = 8 * DAY_MS
+    # The sweep of expired memory records on clock ticks (processors.batch): records are indexed by the
+    # end of the period they expire in, and deleted only a grace after expiry, since engine time comes
+    # from the clocks of several brokers (one per input partition's leader).
+    sweep_period_ms: int = 3_600_000
+    sweep_grace_ms: int = 3_600_000
     # Caps per user: every collection a client can grow is bounded (UserState.check, state_bytes_bound).
     parked_max: int = 16  # chain events waiting for their withdrawal or for the account to open
     parked_ttl_ms: int = 7 * DAY_MS  # then a parked chain event is given up, with a PARKED_EXPIRED result
@@ -97,3 +103,14 @@ def default_config() -> EngineConfig:
                              frozenset({"BTC"})),
         },
     )
+
+
+def with_overrides(cfg: EngineConfig, overrides: dict[str, int]) -> EngineConfig:
+    """`cfg` with some of its integer knobs replaced (POSFLOW_ENGINE_OVERRIDES, JSON: for tests and the local
+    stack, e.g. a dedup horizon of seconds; live configuration from a topic is a later issue)."""
+    knobs = {f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), int)}
+    unknown = sorted(set(overrides) - knobs)
+    if unknown or not all(isinstance(v, int) and v > 0 for v in overrides.values()):
+        raise ValueError(f"engine overrides must be positive integers of {sorted(knobs)}; got {overrides}")
+    changed: dict[str, object] = dict(overrides)  # only int fields, checked above
+    return dataclasses.replace(cfg, **changed)  # type: ignore[arg-type]

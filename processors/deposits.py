@@ -1,9 +1,11 @@
 """Deposits: seen (recorded), confirmed (credited), reverted by a reorganization (compensated).
 
-A deposit's record lives in the engine's memory (`d/<chain:tx:log_index>`, processors.context), not in the
-hot state: a user's state stays small however many deposits arrive, and the record outlives the dedup
-horizon of the input topics. Its status decides what a repeated chain event does: a confirmation is
-credited once; a reverted deposit that the chain includes again is credited again.
+A deposit's record lives in the engine's memory (`d/<chain:tx:log_index>`, processors.context), not in
+the hot state: a user's state stays small however many deposits arrive. The record never expires: a
+watcher that re-scans old blocks after a long outage must not credit a deposit twice, whatever time
+passed (the records are on disk, one per deposit the chain really made, ~100 bytes each). Its status
+decides what a repeated chain event does: a confirmation is credited once; a reverted deposit that the
+chain includes again is credited again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from processors import checks
 from processors.applied import Applied
 from processors.config import EngineConfig
-from processors.context import Context
+from processors.context import NEVER, Context
 from processors.ledger import DEPOSIT, DEPOSIT_REVERSAL, Entry, custody
 from processors.messages import Command, DepositConfirmed, DepositReverted, DepositSeen
 from processors.money import Rejected
@@ -41,8 +43,7 @@ def _recall(state: UserState, ctx: Context, deposit_id: str) -> Deposit | None:
 
 
 def _record(state: UserState, ctx: Context, deposit_id: str, deposit: Deposit) -> None:
-    ctx.remember(state, _key(deposit_id), [deposit.asset, deposit.amount, deposit.account, deposit.status],
-                 ctx.horizon())
+    ctx.remember(state, _key(deposit_id), [deposit.asset, deposit.amount, deposit.account, deposit.status], NEVER)
     state.legacy_deposits.pop(deposit_id, None)
 
 

@@ -29,6 +29,10 @@ from processors.state import UserState, input_key
 from processors.withdrawals import park
 
 _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the account to open
+# The engine-memory key of when the user's oldest parked chain event falls due: the record expires then,
+# and the clock tick that sweeps it calls `tick` for the user (processors.batch), so a chain event that
+# waits for an account that never opens is given up on time, even if the user never sends anything.
+PARKED_DUE: Final = "p"
 
 
 def apply(state: UserState | None, cmd: Command, ctx: Context) -> tuple[UserState, Outcome]:
@@ -79,6 +83,8 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
         return build(Outcome, (_refused(cmd, refused).result, (), (), expired))
     lines = applied.lines
     assert state.seq == seq_before + len(lines), "every line advances the user's sequence once"
+    if applied.flag is Reason.PARKED:
+        _mark_parked_due(state, ctx)
     flag = applied.flag.value if applied.flag is not None else None
     result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
     if not spec.by_record:
@@ -115,6 +121,23 @@ def _release_for_account(state: UserState, ctx: Context) -> tuple[LedgerLine, ..
         except Rejected:
             assert state.seq == seq_before, f"{cmd_id} refused after writing ledger lines"
     return lines
+
+
+def tick(state: UserState, ctx: Context) -> tuple[UserState, tuple[Result, ...]]:
+    """A clock tick for this user (its PARKED_DUE record expired): parked chain events that waited longer
+    than `parked_ttl_ms` of engine time are given up; the next due time is marked for those left."""
+    assert ctx.offset >= state.through.get(ctx.topic, -1), "a topic's inputs apply in offset order"
+    expired = _expire_parked(state, ctx) if state.parked else ()
+    _mark_parked_due(state, ctx)
+    state.through[ctx.topic] = ctx.offset
+    return state, expired
+
+
+def _mark_parked_due(state: UserState, ctx: Context) -> None:
+    if state.parked:
+        oldest = min(entry[4] for entries in state.parked.values() for entry in entries)
+        # the engine time from which it no longer waits (_expire_parked's cutoff)
+        ctx.remember(state, PARKED_DUE, None, oldest + ctx.cfg.parked_ttl_ms)
 
 
 def _expire_parked(state: UserState, ctx: Context) -> tuple[Result, ...]:

@@ -41,6 +41,9 @@ class Kind:
     # Deduplicated by the state of what it reports (a deposit's record), not by its input id: a deposit
     # reverted by a reorganization and re-included later comes back with the same id and is credited again.
     by_record: bool = False
+    # An input for a whole partition, not for one user (a clock tick): the step handles it
+    # (processors.batch), and one that names a user is refused by the core.
+    per_partition: bool = False
 
     @property
     def from_chain(self) -> bool:
@@ -64,6 +67,7 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind("WithdrawalBroadcast", CHAIN, withdrawals.broadcast),
     Kind("WithdrawalConfirmed", CHAIN, withdrawals.confirmed),
     Kind("WithdrawalFailed", CHAIN, withdrawals.failed),
+    Kind("ClockTick", SYSTEM, accounts.not_per_user, per_partition=True),
 )}
 CHAIN_KINDS: Final = frozenset(k.name for k in KINDS.values() if k.source == CHAIN)
 

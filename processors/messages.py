@@ -102,6 +102,12 @@ class AccountUnfreeze(TypedDict):
     reason: str
 
 
+class ClockTick(TypedDict):
+    """Engine time passing on one partition (its record's broker timestamp): the step sweeps what expired."""
+
+    partition: int
+
+
 class WithdrawalRef(TypedDict):
     """WithdrawalCancel / WithdrawalBroadcast / WithdrawalConfirmed / WithdrawalFailed share this."""
 

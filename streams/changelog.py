@@ -21,7 +21,7 @@ from streams.config import Settings
 from streams.kafka import producer_config
 from streams.output import DeliveryFailed
 
-Entry = tuple[int, bytes, bytes]  # partition, key, value
+Entry = tuple[int, bytes, bytes | None]  # partition, key, value (None: a tombstone, the key is deleted)
 
 
 class _Message(NamedTuple):
@@ -31,7 +31,7 @@ class _Message(NamedTuple):
     partition: int
     offset: int
     key: bytes
-    value: bytes
+    value: bytes | None
 
 
 class _Event(NamedTuple):

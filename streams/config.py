@@ -5,6 +5,7 @@ Every knob has a default that works with the local stack (`make up`), so a new u
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,12 @@ class Settings:
     # A partition with records waiting and no progress for this long makes the worker exit (to be
     # restarted): the guard against Faust leaving an assigned partition unfetched after a rebalance.
     stall_s: float = field(default_factory=lambda: float(_env("POSFLOW_STALL_S", "30")))
+    # How often a worker writes a clock tick to each partition it owns (the sweep of expired memory records
+    # and parked chain events runs on ticks, by engine time).
+    tick_s: float = field(default_factory=lambda: float(_env("POSFLOW_TICK_S", "60")))
+    # Engine knobs replaced for tests and the local stack, JSON (processors.config.with_overrides).
+    engine_overrides: dict[str, int] = field(
+        default_factory=lambda: json.loads(_env("POSFLOW_ENGINE_OVERRIDES", "{}")))
     # Fault injection, for crash tests only: the worker SIGKILLs itself right after the outputs of the
     # step that applied this input id are acknowledged, before the step's states are stored.
     fault_kill_after: str = field(default_factory=lambda: _env("POSFLOW_FAULT_KILL_AFTER", ""))

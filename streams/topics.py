@@ -51,6 +51,9 @@ WEEK_MS = 7 * 24 * 3600 * 1000
 COMMANDS = TopicSpec("commands", Key.USER, False, WEEK_MS, "user commands, single or batched per partition", True)
 CHAIN_EVENTS = TopicSpec("chain-events", Key.USER, False, WEEK_MS, "deposits and withdrawals seen on chain", True)
 OPERATOR = TopicSpec("operator-commands", Key.USER, False, WEEK_MS, "approvals and risk decisions by operators", True)
+# Written to each partition by the worker that owns it (clock ticks): the partition's own inputs, so the
+# journal orders them with the rest and a re-applied step sees the same ticks (DESIGN §1a).
+SYSTEM = TopicSpec("system-inputs", Key.NONE, False, WEEK_MS, "clock ticks, one stream per partition", True)
 PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices, latest per symbol")
 RESULTS = TopicSpec("results", Key.USER, False, WEEK_MS, "a result per command, in ResultBatch records per partition")
 LEDGER = TopicSpec("ledger", Key.USER, False, -1, "double-entry ledger lines in LedgerBatch records, kept forever")
@@ -60,11 +63,11 @@ DEAD_LETTER = TopicSpec("dead-letter", Key.NONE, False, -1, "undecodable records
 LIMITS = TopicSpec("limits-config", Key.CONFIG, True, -1, "limit configuration, latest per key")
 
 ALL: tuple[TopicSpec, ...] = (
-    COMMANDS, CHAIN_EVENTS, OPERATOR, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
+    COMMANDS, CHAIN_EVENTS, OPERATOR, SYSTEM, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
 )
 # The engine's input topics, one per source of inputs (processors.inputs): who may write a topic is who
 # the engine takes that source's inputs from.
-INPUTS: dict[str, TopicSpec] = {"user": COMMANDS, "chain": CHAIN_EVENTS, "operator": OPERATOR}
+INPUTS: dict[str, TopicSpec] = {"user": COMMANDS, "chain": CHAIN_EVENTS, "operator": OPERATOR, "system": SYSTEM}
 
 
 def input_sources(settings: Settings) -> dict[str, str]:

@@ -79,8 +79,11 @@ def run(inputs: list[tuple[Source, bytes]], stored: dict[str, bytes]) -> Step:
 
 def store(step: Step, stored: dict[str, bytes], users: list[str] | None = None) -> None:
     # the step's memory records land first, whole (the worker writes them before the states)
-    for _, key, value in step.memory_entries(lambda user: P):
-        stored[key.decode()] = value
+    for _, key, value in step.memory_entries(lambda user: P, CFG.sweep_period_ms):
+        if value is None:
+            stored.pop(key.decode(), None)
+        else:
+            stored[key.decode()] = value
     for user, (_, state) in step.states.items():
         if users is None or user in users:
             stored[user] = state.to_bytes()

@@ -1,0 +1,67 @@
+"""Clock ticks against the real broker and worker: the worker writes a tick to each partition it owns, the
+ticks are applied like any input, and the engine's memory records are deleted from RocksDB and from the
+changelog (tombstones, so a worker recovering from the changelog does not bring them back) once they
+expire by engine time. The worker runs with a dedup horizon of seconds (POSFLOW_ENGINE_OVERRIDES)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from processors.messages import Command
+from streams.client import CommandClient, ResultWatcher, read_topic
+from streams.config import Settings
+from streams.topics import SYSTEM, create_all
+from streams.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+HORIZON_MS = 3000
+OVERRIDES = {"dedup_horizon_ms": HORIZON_MS, "sweep_period_ms": 1000, "sweep_grace_ms": 1000}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ticks_sweep_expired_memory_records_from_the_store_and_the_changelog(
+        isolated_env: dict[str, str], tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap=isolated_env["KAFKA_BOOTSTRAP"],
+                        topic_prefix=isolated_env["POSFLOW_TOPIC_PREFIX"], app_id=isolated_env["POSFLOW_APP_ID"],
+                        home=Path(isolated_env["POSFLOW_HOME"]))
+    create_all(settings)
+    env = {**isolated_env, "POSFLOW_TICK_S": "1", "POSFLOW_ENGINE_OVERRIDES": json.dumps(OVERRIDES)}
+    worker = WorkerProcess("streams.worker", _free_port(), env, tmp_path / "w.log").start()
+    try:
+        worker.wait_until("/stats/", lambda s: True, timeout=120)
+        users = [f"u{i}" for i in range(8)]  # on several partitions
+        opens = [Command(f"open-{u}", 1, u, "OpenAccount", {"kyc_tier": 1, "region": "DE"}) for u in users]
+        client = CommandClient(settings)
+        client.send_batch(opens)
+        client.flush()
+        got = ResultWatcher(settings).wait_for([c.id for c in opens], timeout=120)
+        assert {r.status for r in got.values()} == {"ACCEPTED"}
+        stats = worker.wait_until("/stats/", lambda s: s["swept"] >= len(users), timeout=90)
+        assert stats["ticks"] >= settings.partitions and stats["quarantined"] == 0
+
+        ticks = read_topic(settings, SYSTEM.name(settings))
+        assert {p for p, *_ in ticks} == set(range(settings.partitions)), "every partition gets ticks"
+
+        changelog = f"{settings.app_id}-users-changelog"
+        last: dict[bytes, bytes] = {}
+        for _, _, key, value in read_topic(settings, changelog):
+            assert key is not None
+            last[key] = value
+        ids = {f"\x00m/{u}\x00i/user/open-{u}".encode() for u in users}
+        assert ids <= set(last), "each accepted input was remembered"
+        assert {last[k] for k in ids} == {b""}, "and deleted (a tombstone) once it expired"
+        index = [k for k, v in last.items() if k.startswith(b"\x00x/") and v]
+        assert index == [], "no index entry is left for swept records"
+        assert all(last[u.encode()] for u in users), "the states stay"
+    finally:
+        worker.stop()
