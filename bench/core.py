@@ -8,7 +8,8 @@ from typing import Any
 
 import processors
 from bench.workload import commands, expected_balances, user_name
-from processors.config import default_config
+from processors.batch import Step
+from processors.config import EngineConfig, default_config
 from processors.context import Context, Memory
 from processors.engine import apply
 from processors.state import UserState
@@ -35,7 +36,23 @@ def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
     assert {k: (v[0], v[1]) for k, v in got.items()} == want, "the workload's reference balances disagree"
     return {"core_commands": len(cmds), "core_seconds": round(elapsed, 3),
             "core_commands_per_s": round(len(cmds) / elapsed),
-            "core_compiled": processors.COMPILED or processors.NOT_COMPILED_BECAUSE}
+            "core_compiled": processors.COMPILED or processors.NOT_COMPILED_BECAUSE,
+            **stored_bytes(states, memory, cfg)}
+
+
+def stored_bytes(states: dict[str, UserState], memory: Memory, cfg: EngineConfig) -> dict[str, Any]:
+    """What the worker stores per user after the workload: the state (its users-table value), and the engine's
+    memory records (ids of applied inputs, deposits, closed orders, fills, withdrawal ids) with their keys
+    and their share of the index entries that let clock ticks sweep them (processors.batch)."""
+    sizes = sorted(len(state.to_bytes()) for state in states.values())
+    step = Step(memory=memory)
+    step.runs = {0: [["in", 0, 0]]}
+    memory_bytes = sum(len(key) + len(value or b"") for _, key, value in step.memory_entries(lambda u: 0,
+                                                                                          cfg.sweep_period_ms))
+    records = sum(len(written) for written in memory.written.values())
+    return {"state_bytes_p50": sizes[len(sizes) // 2], "state_bytes_p99": sizes[len(sizes) * 99 // 100],
+            "state_bytes_max": sizes[-1], "dedup_ids_bytes_per_user": round(memory_bytes / len(states)),
+            "dedup_records_per_user": round(records / len(states), 1)}
 
 
 if __name__ == "__main__":
