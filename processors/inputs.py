@@ -4,20 +4,39 @@ Every input has a source: a user command (API gateway, matching engine), the cha
 an operator, or the system (clock ticks, later liquidations and price moves). Each source writes its
 own topic (Kafka ACLs keep them apart, DESIGN §7), and an input id is unique within its source only:
 deduplication keys on (source, id), so no input of one source can shadow another's (a user cannot
-pre-empt their own deposit's id). Routing (streams.client), the source check (processors.engine) and
-the sink's chain-events landing derive from this table.
+pre-empt their own deposit's id). Routing (streams.client), the source check (processors.engine), the
+sink's chain-events landing (sinks.sink) and the builders of inputs (`command`) derive from this table.
+A kind is named by its body type (processors.messages), which has its Avro schema's fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 from processors import accounts, deposits, orders, withdrawals
 from processors.applied import Applied
 from processors.context import Context
-from processors.messages import Command
+from processors.messages import (
+    AccountUnfreeze,
+    ClockTick,
+    Command,
+    DepositConfirmed,
+    DepositReverted,
+    DepositSeen,
+    FillSettle,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Transfer,
+    WithdrawalApprove,
+    WithdrawalBroadcast,
+    WithdrawalCancel,
+    WithdrawalConfirmed,
+    WithdrawalFailed,
+    WithdrawalRequest,
+)
 from processors.state import UserState
 
 Handler = Callable[[UserState, Command, Context], Applied]
@@ -32,7 +51,7 @@ SOURCES: Final = (USER, CHAIN, OPERATOR, SYSTEM)
 
 @dataclass(frozen=True, slots=True)
 class Kind:
-    name: str  # the Avro body type's short name
+    body: type[Mapping[str, Any]]  # its TypedDict, named as the kind and its Avro record
     source: str  # the one source it is taken from
     handler: Handler
     # A risk freeze stops the user from adding exposure or moving money out; the chain and the matching
@@ -46,30 +65,54 @@ class Kind:
     per_partition: bool = False
 
     @property
+    def name(self) -> str:
+        return self.body.__name__
+
+    @property
     def from_chain(self) -> bool:
         """Chain facts: for an account not opened yet they wait (parked) instead of being refused."""
         return self.source == CHAIN
 
+    @property
+    def landed(self) -> bool:
+        """The sink lands the input itself, as it came in (sinks.sink, table chain_events): what the chain
+        reported is audited apart from what the engine made of it. Other inputs land as their results."""
+        return self.source == CHAIN
+
 
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
-    Kind("OpenAccount", USER, accounts.open_account),
-    Kind("OrderHold", USER, orders.hold, blocked_when_frozen=True),
-    Kind("OrderRelease", USER, orders.release),
-    Kind("FillSettle", USER, orders.fill),
-    Kind("Transfer", USER, accounts.transfer, blocked_when_frozen=True),
-    Kind("WithdrawalRequest", USER, withdrawals.request, blocked_when_frozen=True),
-    Kind("WithdrawalCancel", USER, withdrawals.cancel),
-    Kind("WithdrawalApprove", OPERATOR, withdrawals.approve, blocked_when_frozen=True),
-    Kind("AccountUnfreeze", OPERATOR, accounts.unfreeze),
-    Kind("DepositSeen", CHAIN, deposits.seen, by_record=True),
-    Kind("DepositConfirmed", CHAIN, deposits.confirmed, by_record=True),
-    Kind("DepositReverted", CHAIN, deposits.reverted),
-    Kind("WithdrawalBroadcast", CHAIN, withdrawals.broadcast),
-    Kind("WithdrawalConfirmed", CHAIN, withdrawals.confirmed),
-    Kind("WithdrawalFailed", CHAIN, withdrawals.failed),
-    Kind("ClockTick", SYSTEM, accounts.not_per_user, per_partition=True),
+    Kind(OpenAccount, USER, accounts.open_account),
+    Kind(OrderHold, USER, orders.hold, blocked_when_frozen=True),
+    Kind(OrderRelease, USER, orders.release),
+    Kind(FillSettle, USER, orders.fill),
+    Kind(Transfer, USER, accounts.transfer, blocked_when_frozen=True),
+    Kind(WithdrawalRequest, USER, withdrawals.request, blocked_when_frozen=True),
+    Kind(WithdrawalCancel, USER, withdrawals.cancel),
+    Kind(WithdrawalApprove, OPERATOR, withdrawals.approve, blocked_when_frozen=True),
+    Kind(AccountUnfreeze, OPERATOR, accounts.unfreeze),
+    Kind(DepositSeen, CHAIN, deposits.seen, by_record=True),
+    Kind(DepositConfirmed, CHAIN, deposits.confirmed, by_record=True),
+    Kind(DepositReverted, CHAIN, deposits.reverted),
+    Kind(WithdrawalBroadcast, CHAIN, withdrawals.broadcast),
+    Kind(WithdrawalConfirmed, CHAIN, withdrawals.confirmed),
+    Kind(WithdrawalFailed, CHAIN, withdrawals.failed),
+    Kind(ClockTick, SYSTEM, accounts.not_per_user, per_partition=True),
 )}
 CHAIN_KINDS: Final = frozenset(k.name for k in KINDS.values() if k.source == CHAIN)
+_BY_BODY: Final[dict[object, Kind]] = {k.body: k for k in KINDS.values()}
+
+_Body = TypeVar("_Body", bound=Mapping[str, Any])
+_Fields = ParamSpec("_Fields")
+
+
+def command(body: Callable[_Fields, _Body], id: str, user: str, /,
+            *args: _Fields.args, **fields: _Fields.kwargs) -> Command:
+    """An input of the kind whose body type is `body`, with mypy checking the fields against it:
+    `command(OpenAccount, "c1", "alice", kyc_tier=1, region="DE")`. It is sent on the kind's own source;
+    its client time (ts_ms) is 0: `command(...)._replace(ts_ms=...)` where a client's clock matters."""
+    kind = _BY_BODY.get(body)
+    assert kind is not None, f"{body} is not the body type of a kind in processors.inputs.KINDS"
+    return Command(id, 0, user, kind.name, body(*args, **fields), kind.source)
 
 
 def source_of(kind: str) -> str:

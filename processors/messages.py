@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from processors import bodies
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]
@@ -25,93 +27,26 @@ class Command(NamedTuple):
     source: str = ""
 
 
-# The bodies, as the Avro schemas define them (schemas/posflow.<Kind>.avsc). Amounts are decimal text.
-class OpenAccount(TypedDict):
-    kyc_tier: int
-    region: str
-
-
-class DepositSeen(TypedDict):
-    chain: str
-    tx_hash: str
-    log_index: int
-    address: str
-    asset: str
-    amount: str
-    block_number: int
-
-
-class DepositConfirmed(DepositSeen):
-    account: str
-
-
-class DepositReverted(TypedDict):
-    deposit_id: str
-    reason: str
-
-
-class OrderHold(TypedDict):
-    order_id: str
-    account: str
-    asset: str
-    amount: str
-
-
-class OrderRelease(TypedDict):
-    order_id: str
-    amount: str | None
-
-
-class FillSettle(TypedDict):
-    fill_id: str
-    order_id: str
-    account: str
-    pay_asset: str
-    pay_amount: str
-    receive_asset: str
-    receive_amount: str
-    fee_amount: str
-
-
-class Transfer(TypedDict):
-    asset: str
-    amount: str
-    from_account: str
-    to_account: str
-
-
-class WithdrawalRequest(TypedDict):
-    withdrawal_id: str
-    account: str
-    chain: str
-    asset: str
-    amount: str
-    fee: str
-    address: str
-
-
-class WithdrawalApprove(TypedDict):
-    withdrawal_id: str
-    approver: str
-
-
-class AccountUnfreeze(TypedDict):
-    """An operator lifts a risk freeze: ledger-neutral, audited by its result (approver and reason)."""
-
-    approver: str
-    reason: str
-
-
-class ClockTick(TypedDict):
-    """Engine time passing on one partition (its record's broker timestamp): the step sweeps what expired."""
-
-    partition: int
-
-
-class WithdrawalRef(TypedDict):
-    """WithdrawalCancel / WithdrawalBroadcast / WithdrawalConfirmed / WithdrawalFailed share this."""
-
-    withdrawal_id: str
+# The inputs' bodies, one TypedDict per kind, are defined in processors.bodies, which is not compiled: mypyc
+# keeps only a compiled TypedDict's own keys, without its bases or union types, and the registry's test
+# and the sink read the fields off these types. The core and its callers name them from here.
+AccountUnfreeze = bodies.AccountUnfreeze
+ClockTick = bodies.ClockTick
+DepositConfirmed = bodies.DepositConfirmed
+DepositReverted = bodies.DepositReverted
+DepositSeen = bodies.DepositSeen
+FillSettle = bodies.FillSettle
+OpenAccount = bodies.OpenAccount
+OrderHold = bodies.OrderHold
+OrderRelease = bodies.OrderRelease
+Transfer = bodies.Transfer
+WithdrawalApprove = bodies.WithdrawalApprove
+WithdrawalBroadcast = bodies.WithdrawalBroadcast
+WithdrawalCancel = bodies.WithdrawalCancel
+WithdrawalConfirmed = bodies.WithdrawalConfirmed
+WithdrawalFailed = bodies.WithdrawalFailed
+WithdrawalRef = bodies.WithdrawalRef
+WithdrawalRequest = bodies.WithdrawalRequest
 
 
 # Outputs are NamedTuples: immutable like frozen dataclasses, but several times cheaper to build,

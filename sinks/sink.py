@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from processors.inputs import CHAIN, KINDS
 from processors.wire import dead_letter_to_avro
 from schemas import CODEC, DecodeError
 from schemas.codec import HEADER_LEN
@@ -67,6 +69,15 @@ AVRO_ROUTES = (
     AvroRoute(DEAD_LETTER, "dead_letters_in", "DeadLetter"),
 )
 CHAIN_TABLE = "chain_events"
+# What chain_events holds of an input, beyond its envelope: every field of the kinds the registry says the
+# sink lands (processors.inputs, Kind.landed), one column each (sinks/sql; test_sink_store holds the table
+# to this). A kind without a field leaves it empty: "" for text, NULL for numbers.
+LANDED_KINDS = tuple(k for k in KINDS.values() if k.landed)
+assert {k.source for k in LANDED_KINDS} == {CHAIN}, "the sink lands one input topic, the chain's, into chain_events"
+CHAIN_FIELDS: dict[str, str | None] = {
+    name: "" if hint is str else None
+    for kind in LANDED_KINDS for name, hint in typing.get_type_hints(kind.body).items()
+}
 SINK_TOPICS = (LEDGER, RESULTS, TO_SIGN, DEAD_LETTER, CHAIN_EVENTS)
 LANDED_TOPICS = (LEDGER, RESULTS, TO_SIGN, CHAIN_EVENTS)  # whose records a dead letter may be replayed into
 
@@ -121,15 +132,13 @@ def _chain_rows(value: bytes, source: str) -> bytes:
         raise Unstorable(f"WRONG_MESSAGE_TYPE: {name} on the chain-events topic")
     lines = []
     for cmd in commands:
+        # Any kind found on the topic lands (a user's command sent there is audited too, its result says
+        # WRONG_SOURCE), with the landed kinds' fields it has.
         kind, body = cmd["body"]
         row = {
             "id": cmd["id"], "ts": _iso(cmd["ts_ms"]), "ts_ms": cmd["ts_ms"], "user_id": cmd["user_id"],
-            "kind": kind.removeprefix("posflow."),
-            "chain": body.get("chain", ""), "tx_hash": body.get("tx_hash", ""), "log_index": body.get("log_index"),
-            "block_number": body.get("block_number"), "address": body.get("address", ""),
-            "asset": body.get("asset", ""), "amount": body.get("amount", ""), "account": body.get("account", ""),
-            "deposit_id": body.get("deposit_id", ""), "withdrawal_id": body.get("withdrawal_id", ""),
-            "reason": body.get("reason", ""), "source": source,
+            "kind": kind.removeprefix("posflow."), "source": source,
+            **{name: body.get(name, empty) for name, empty in CHAIN_FIELDS.items()},
         }
         lines.append(json.dumps(row, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()

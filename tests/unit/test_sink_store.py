@@ -27,6 +27,7 @@ from sinks.avro_file import container
 from sinks.http import ClickHouseHTTPServer
 from sinks.migrations import MigrationChanged, available, migrate
 from sinks.reconcile import Report, engine_state, reconcile
+from sinks.sink import CHAIN_FIELDS
 from sinks.store import ChdbStore, ServerStore, StoreRejected
 from tests.unit.core import ctx
 
@@ -158,6 +159,18 @@ def test_migrations_apply_once_and_refuse_edits(chdb_store: ChdbStore, tmp_path:
 
 
 # -- finance views ---------------------------------------------------------------------------------
+def test_chain_events_has_a_column_for_each_landed_field(chdb_store: ChdbStore) -> None:
+    """The registry says what the sink lands of a chain event (sinks.sink.CHAIN_FIELDS): the table must hold
+    each field, Nullable where a kind without it leaves NULL. A chain kind with a new field fails here
+    until a migration adds its column."""
+    columns = dict(chdb_store.query("SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+                                    "AND table = 'chain_events'").rows)
+    envelope = {"id", "ts", "ts_ms", "user_id", "kind", "source", "landed_at"}
+    assert set(columns) == envelope | set(CHAIN_FIELDS)
+    for name, empty in CHAIN_FIELDS.items():
+        assert columns[name].startswith("Nullable(") == (empty is None), (name, columns[name])
+
+
 def test_finance_views_match_the_engine(chdb_store: ChdbStore,
                                         day: tuple[list[LedgerLine], dict[str, UserState]]) -> None:
     lines, states = day

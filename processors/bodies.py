@@ -1,0 +1,116 @@
+"""The bodies of the inputs: one TypedDict per kind, named as the kind, with the fields of its Avro schema
+in order (schemas/posflow.<Kind>.avsc; tests/unit/test_inputs.py holds them to it). Amounts are decimal
+text. processors.inputs registers each with its kind; `processors.inputs.command` builds an input from one.
+
+Not compiled with the core (processors.CORE_MODULES): a TypedDict compiled by mypyc keeps only its own
+keys, without its bases or union types, and the registry's test and the sink read the fields off these
+types. At run time a body is a plain dict either way. Import them from processors.messages.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class OpenAccount(TypedDict):
+    kyc_tier: int
+    region: str
+
+
+class DepositSeen(TypedDict):
+    chain: str
+    tx_hash: str
+    log_index: int
+    address: str
+    asset: str
+    amount: str
+    block_number: int
+
+
+class DepositConfirmed(DepositSeen):
+    account: str
+
+
+class DepositReverted(TypedDict):
+    deposit_id: str
+    reason: str
+
+
+class OrderHold(TypedDict):
+    order_id: str
+    account: str
+    asset: str
+    amount: str
+
+
+class OrderRelease(TypedDict):
+    order_id: str
+    amount: str | None
+
+
+class FillSettle(TypedDict):
+    fill_id: str
+    order_id: str
+    account: str
+    pay_asset: str
+    pay_amount: str
+    receive_asset: str
+    receive_amount: str
+    fee_amount: str
+
+
+class Transfer(TypedDict):
+    asset: str
+    amount: str
+    from_account: str
+    to_account: str
+
+
+class WithdrawalRequest(TypedDict):
+    withdrawal_id: str
+    account: str
+    chain: str
+    asset: str
+    amount: str
+    fee: str
+    address: str
+
+
+class WithdrawalApprove(TypedDict):
+    withdrawal_id: str
+    approver: str
+
+
+class AccountUnfreeze(TypedDict):
+    """An operator lifts a risk freeze: ledger-neutral, audited by its result (approver and reason)."""
+
+    approver: str
+    reason: str
+
+
+class ClockTick(TypedDict):
+    """Engine time passing on one partition (its record's broker timestamp): the step sweeps what expired."""
+
+    partition: int
+
+
+class WithdrawalRef(TypedDict):
+    """What the kinds below have in common: the withdrawal they name (all the handlers read of most)."""
+
+    withdrawal_id: str
+
+
+class WithdrawalCancel(WithdrawalRef):
+    reason: str
+
+
+class WithdrawalBroadcast(WithdrawalRef):
+    tx_hash: str
+
+
+class WithdrawalConfirmed(WithdrawalRef):
+    tx_hash: str
+
+
+class WithdrawalFailed(WithdrawalRef):
+    reason: str
