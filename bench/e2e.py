@@ -133,8 +133,8 @@ def _worker_time(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
 def _renamed(c: Command) -> Command:
     """The same command for a twin user (deposit ids carry the chain position: a new log index)."""
     if c.kind == "DepositConfirmed":
-        return Command(c.id[:-2] + ":1", c.ts_ms, c.user_id + "p", c.kind, {**c.body, "log_index": 1})
-    return Command(c.id + "-p", c.ts_ms, c.user_id + "p", c.kind, c.body)
+        return c._replace(id=c.id[:-2] + ":1", user_id=c.user_id + "p", body={**c.body, "log_index": 1})
+    return c._replace(id=c.id + "-p", user_id=c.user_id + "p")
 
 
 def _passthrough(base: Settings, users: int, rounds: int) -> dict[str, Any]:

@@ -10,9 +10,20 @@ the crash test; `expected_balances` is its reference model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import (
+    Command,
+    DepositConfirmed,
+    FillSettle,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Transfer,
+    WithdrawalConfirmed,
+    WithdrawalRequest,
+)
 
 ADDR = "0x" + "5a" * 20
 
@@ -21,49 +32,51 @@ def user_name(i: int) -> str:
     return f"user{i:06d}"
 
 
+def _at(ts: int, cmds: Iterable[Command]) -> Iterator[Command]:
+    """The client's clock: a step's commands share one time, so reruns are identical."""
+    return (c._replace(ts_ms=ts) for c in cmds)
+
+
 def accounts(users: int, ts: int = 1) -> Iterator[Command]:
-    for i in range(users):
-        u = user_name(i)
-        yield Command(f"{u}-open", ts, u, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+    return _at(ts, (command(OpenAccount, f"{user_name(i)}-open", user_name(i), kyc_tier=1, region="DE")
+                    for i in range(users)))
 
 
 def deposits(users: int, ts: int = 1) -> Iterator[Command]:
-    for i in range(users):
-        u = user_name(i)
-        yield Command(f"ethereum:0x{i:064x}:0", ts, u, "DepositConfirmed",
-                      {"chain": "ethereum", "tx_hash": f"0x{i:064x}", "log_index": 0, "address": ADDR,
-                       "asset": "USDT", "amount": "100000", "block_number": 1, "account": "spot"})
+    return _at(ts, (command(DepositConfirmed, f"ethereum:0x{i:064x}:0", user_name(i), chain="ethereum",
+                            tx_hash=f"0x{i:064x}", log_index=0, address=ADDR, asset="USDT", amount="100000",
+                            block_number=1, account="spot")
+                    for i in range(users)))
 
 
 def cycles(users: int, rounds: int, ts: int = 2) -> Iterator[Command]:
     """Interleaves users like real traffic; each round emits 5 commands per user (7 with a withdrawal)."""
+    return _at(ts, _cycles(users, rounds))
+
+
+def _cycles(users: int, rounds: int) -> Iterator[Command]:
     for r in range(rounds):
         for i in range(users):
             u = user_name(i)
             o = f"{u}-o{r}"
-            yield Command(f"{o}-hold", ts, u, "OrderHold",
-                          {"order_id": o, "account": "spot", "asset": "USDT", "amount": "100"})
-            yield Command(f"{o}-fill", ts, u, "FillSettle",
-                          {"fill_id": f"{o}-f", "order_id": o, "account": "spot", "pay_asset": "USDT",
-                           "pay_amount": "60", "receive_asset": "BTC", "receive_amount": "0.001",
-                           "fee_amount": "0.000001"})
-            yield Command(f"{o}-rel", ts, u, "OrderRelease", {"order_id": o, "amount": None})
-            yield Command(f"{o}-t1", ts, u, "Transfer",
-                          {"asset": "USDT", "amount": "10", "from_account": "spot", "to_account": "margin"})
-            yield Command(f"{o}-t2", ts, u, "Transfer",
-                          {"asset": "USDT", "amount": "4", "from_account": "margin", "to_account": "spot"})
+            yield command(OrderHold, f"{o}-hold", u, order_id=o, account="spot", asset="USDT", amount="100")
+            yield command(FillSettle, f"{o}-fill", u, fill_id=f"{o}-f", order_id=o, account="spot",
+                          pay_asset="USDT", pay_amount="60", receive_asset="BTC", receive_amount="0.001",
+                          fee_amount="0.000001")
+            yield command(OrderRelease, f"{o}-rel", u, order_id=o, amount=None)
+            yield command(Transfer, f"{o}-t1", u, asset="USDT", amount="10", from_account="spot",
+                          to_account="margin")
+            yield command(Transfer, f"{o}-t2", u, asset="USDT", amount="4", from_account="margin",
+                          to_account="spot")
             if r % 4 == 3:
                 w = f"{u}-w{r}"
-                yield Command(f"{w}-req", ts, u, "WithdrawalRequest",
-                              {"withdrawal_id": w, "account": "spot", "chain": "ethereum", "asset": "USDT",
-                               "amount": "20", "fee": "1", "address": ADDR})
+                yield command(WithdrawalRequest, f"{w}-req", u, withdrawal_id=w, account="spot", chain="ethereum",
+                              asset="USDT", amount="20", fee="1", address=ADDR)
 
 
 def confirmations(users: int, rounds: int, ts: int = 3) -> Iterator[Command]:
-    for r in range(3, rounds, 4):
-        for i in range(users):
-            w = f"{user_name(i)}-w{r}"
-            yield Command(f"{w}-done", ts, user_name(i), "WithdrawalConfirmed", {"withdrawal_id": w, "tx_hash": "0x1"})
+    return _at(ts, (command(WithdrawalConfirmed, f"{w}-done", user_name(i), withdrawal_id=w, tx_hash="0x1")
+                    for r in range(3, rounds, 4) for i in range(users) for w in [f"{user_name(i)}-w{r}"]))
 
 
 def steps(users: int, rounds: int) -> list[list[Command]]:

@@ -14,12 +14,29 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from processors.config import default_config
+from processors.inputs import command
 from processors.ledger import SYSTEM_PREFIX
-from processors.messages import Command, Result
+from processors.messages import (
+    Command,
+    DepositConfirmed,
+    FillSettle,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Result,
+    Transfer,
+    WithdrawalApprove,
+    WithdrawalBroadcast,
+    WithdrawalConfirmed,
+    WithdrawalFailed,
+    WithdrawalRequest,
+)
 from processors.money import format_amount, parse_signed
 from schemas import CODEC
 from streams.client import CommandClient, ResultWatcher, read_ledger, read_topic
@@ -33,6 +50,8 @@ ALICE_ETH = "0x" + "a1" * 20
 BOB_ETH = "0x" + "b0" * 20
 DEMO_PREFIX = "posflow-demo-"
 DEMO_SINK_PORT = 16123
+_Body = TypeVar("_Body", bound=Mapping[str, Any])
+_Fields = ParamSpec("_Fields")
 
 
 @dataclass
@@ -52,24 +71,30 @@ class Day:
         self.ts = 1_767_254_400_000  # 2026-01-01T08:00Z; the day's own clock, so reruns are identical
         self.n = 0
 
-    def cmd(self, user: str, kind: str, body: dict[str, object], cmd_id: str | None = None) -> Command:
+    def _next(self, cmd: Command) -> Command:
         self.n += 1
         self.ts += 60_000
-        return Command(cmd_id or f"{user}-{self.n:02d}-{kind}", self.ts, user, kind, body)
+        return cmd._replace(id=cmd.id or f"{cmd.user_id}-{self.n:02d}-{cmd.kind}", ts_ms=self.ts)
+
+    def cmd(self, body: Callable[_Fields, _Body], user: str, /,
+            *args: _Fields.args, **fields: _Fields.kwargs) -> Command:
+        """The next command of `user`, its id made of the user, its number in the day and its kind."""
+        return self._next(command(body, "", user, *args, **fields))
 
     def deposit(self, user: str, chain: str, tx: str, asset: str, amount: str, address: str) -> Command:
-        body = {"chain": chain, "tx_hash": tx, "log_index": 0, "address": address, "asset": asset,
-                "amount": amount, "block_number": 100 + self.n, "account": "spot"}
-        return self.cmd(user, "DepositConfirmed", body, cmd_id=f"{chain}:{tx}:0")
+        """A deposit as the chain watcher reports it, its id the chain position."""
+        return self._next(command(DepositConfirmed, f"{chain}:{tx}:0", user, chain=chain, tx_hash=tx, log_index=0,
+                                  address=address, asset=asset, amount=amount, block_number=100 + self.n,
+                                  account="spot"))
 
     def phases(self) -> list[Phase]:
         c, dep = self.cmd, self.deposit
         alice_dep = dep("alice", "ethereum", "0x" + "11" * 32, "USDT", "60000", ALICE_ETH)
         return [
             Phase("accounts open", [
-                c("alice", "OpenAccount", {"kyc_tier": 2, "region": "DE"}),
-                c("bob", "OpenAccount", {"kyc_tier": 1, "region": "SG"}),
-                c("carol", "OpenAccount", {"kyc_tier": 1, "region": "BR"}),
+                c(OpenAccount, "alice", kyc_tier=2, region="DE"),
+                c(OpenAccount, "bob", kyc_tier=1, region="SG"),
+                c(OpenAccount, "carol", kyc_tier=1, region="BR"),
             ]),
             Phase("deposits confirmed on chain (one below the minimum)", [
                 alice_dep,
@@ -79,53 +104,45 @@ class Day:
             ]),
             Phase("the chain watcher re-sends alice's deposit after a restart (a duplicate)", [alice_dep]),
             Phase("orders hold funds", [
-                c("alice", "OrderHold", {"order_id": "A1", "account": "spot", "asset": "USDT", "amount": "30500"}),
-                c("bob", "OrderHold", {"order_id": "B1", "account": "spot", "asset": "BTC", "amount": "0.5"}),
-                c("alice", "OrderHold", {"order_id": "A2", "account": "spot", "asset": "USDT", "amount": "5000"}),
+                c(OrderHold, "alice", order_id="A1", account="spot", asset="USDT", amount="30500"),
+                c(OrderHold, "bob", order_id="B1", account="spot", asset="BTC", amount="0.5"),
+                c(OrderHold, "alice", order_id="A2", account="spot", asset="USDT", amount="5000"),
             ]),
             Phase("a fill settles both sides (0.5 BTC at 61,000 USDT, 0.1% fee), A2 is cancelled", [
-                c("alice", "FillSettle", {"fill_id": "F1", "order_id": "A1", "account": "spot", "pay_asset": "USDT",
-                                          "pay_amount": "30500", "receive_asset": "BTC", "receive_amount": "0.5",
-                                          "fee_amount": "0.0005"}),
-                c("bob", "FillSettle", {"fill_id": "F1", "order_id": "B1", "account": "spot", "pay_asset": "BTC",
-                                        "pay_amount": "0.5", "receive_asset": "USDT", "receive_amount": "30500",
-                                        "fee_amount": "30.5"}),
-                c("alice", "OrderRelease", {"order_id": "A2", "amount": None}),
+                c(FillSettle, "alice", fill_id="F1", order_id="A1", account="spot", pay_asset="USDT",
+                  pay_amount="30500", receive_asset="BTC", receive_amount="0.5", fee_amount="0.0005"),
+                c(FillSettle, "bob", fill_id="F1", order_id="B1", account="spot", pay_asset="BTC", pay_amount="0.5",
+                  receive_asset="USDT", receive_amount="30500", fee_amount="30.5"),
+                c(OrderRelease, "alice", order_id="A2", amount=None),
             ]),
             Phase("transfers between sub-accounts", [
-                c("alice", "Transfer", {"asset": "USDT", "amount": "10000", "from_account": "spot",
-                                        "to_account": "margin"}),
-                c("bob", "Transfer", {"asset": "BTC", "amount": "0.2", "from_account": "spot",
-                                      "to_account": "isolated:BTC-USDT"}),
+                c(Transfer, "alice", asset="USDT", amount="10000", from_account="spot", to_account="margin"),
+                c(Transfer, "bob", asset="BTC", amount="0.2", from_account="spot", to_account="isolated:BTC-USDT"),
             ]),
             Phase("withdrawal requests: small (automatic), large (one approver), too large, bad address", [
-                c("bob", "WithdrawalRequest", {"withdrawal_id": "W-bob-1", "account": "spot", "chain": "ethereum",
-                                               "asset": "USDT", "amount": "1000", "fee": "1", "address": BOB_ETH}),
-                c("alice", "WithdrawalRequest", {"withdrawal_id": "W-alice-1", "account": "spot",
-                                                 "chain": "ethereum", "asset": "USDT", "amount": "12000", "fee": "1",
-                                                 "address": ALICE_ETH}),
-                c("carol", "WithdrawalRequest", {"withdrawal_id": "W-carol-1", "account": "spot",
-                                                 "chain": "ethereum", "asset": "USDT", "amount": "500", "fee": "1",
-                                                 "address": "0x" + "c0" * 20}),
-                c("bob", "WithdrawalRequest", {"withdrawal_id": "W-bob-2", "account": "spot", "chain": "ethereum",
-                                               "asset": "USDT", "amount": "20", "fee": "1", "address": "0x1234"}),
+                c(WithdrawalRequest, "bob", withdrawal_id="W-bob-1", account="spot", chain="ethereum", asset="USDT",
+                  amount="1000", fee="1", address=BOB_ETH),
+                c(WithdrawalRequest, "alice", withdrawal_id="W-alice-1", account="spot", chain="ethereum",
+                  asset="USDT", amount="12000", fee="1", address=ALICE_ETH),
+                c(WithdrawalRequest, "carol", withdrawal_id="W-carol-1", account="spot", chain="ethereum",
+                  asset="USDT", amount="500", fee="1", address="0x" + "c0" * 20),
+                c(WithdrawalRequest, "bob", withdrawal_id="W-bob-2", account="spot", chain="ethereum", asset="USDT",
+                  amount="20", fee="1", address="0x1234"),
             ]),
             Phase("an operator approves alice's withdrawal", [
-                c("alice", "WithdrawalApprove", {"withdrawal_id": "W-alice-1", "approver": "ops-lee"}),
+                c(WithdrawalApprove, "alice", withdrawal_id="W-alice-1", approver="ops-lee"),
             ]),
             Phase("the signer broadcasts both", [
-                c("bob", "WithdrawalBroadcast", {"withdrawal_id": "W-bob-1", "tx_hash": "0x" + "e1" * 32}),
-                c("alice", "WithdrawalBroadcast", {"withdrawal_id": "W-alice-1", "tx_hash": "0x" + "e2" * 32}),
+                c(WithdrawalBroadcast, "bob", withdrawal_id="W-bob-1", tx_hash="0x" + "e1" * 32),
+                c(WithdrawalBroadcast, "alice", withdrawal_id="W-alice-1", tx_hash="0x" + "e2" * 32),
             ]),
             Phase("the chain confirms bob's and drops alice's (funds return)", [
-                c("bob", "WithdrawalConfirmed", {"withdrawal_id": "W-bob-1", "tx_hash": "0x" + "e1" * 32}),
-                c("alice", "WithdrawalFailed", {"withdrawal_id": "W-alice-1", "reason": "dropped from mempool"}),
+                c(WithdrawalConfirmed, "bob", withdrawal_id="W-bob-1", tx_hash="0x" + "e1" * 32),
+                c(WithdrawalFailed, "alice", withdrawal_id="W-alice-1", reason="dropped from mempool"),
             ]),
             Phase("bad input: a finer amount than USDT allows, an unknown user", [
-                c("carol", "Transfer", {"asset": "USDT", "amount": "1.0000001", "from_account": "spot",
-                                        "to_account": "margin"}),
-                c("mallory", "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                          "to_account": "margin"}),
+                c(Transfer, "carol", asset="USDT", amount="1.0000001", from_account="spot", to_account="margin"),
+                c(Transfer, "mallory", asset="USDT", amount="1", from_account="spot", to_account="margin"),
             ]),
         ]
 

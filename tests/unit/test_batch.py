@@ -6,7 +6,8 @@ from typing import Any
 
 from processors.batch import BatchProcessor, Source, Step
 from processors.config import default_config
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import Command, DepositConfirmed, OpenAccount, Transfer
 from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
@@ -37,7 +38,7 @@ def batched(step: Step, spec: TopicSpec, message: str, items: str) -> list[tuple
 
 def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
     user = user_on(1)
-    good = encoded(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))
+    good = encoded(command(OpenAccount, "o", user, kyc_tier=1, region="DE"))
     truncated = good[:-3]
     to_sign = CODEC.encode("WithdrawalToSign", {"id": "w", "ts_ms": 0, "schema_version": 1, "user_id": user,
                                                 "chain": "ethereum", "asset": "USDT", "amount": "1", "address": "x"})
@@ -59,7 +60,7 @@ def test_bad_records_go_to_dead_letter_and_the_rest_applies() -> None:
 def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None:
     user = user_on(2)
     batch = CODEC.encode("CommandBatch", {"id": "b", "ts_ms": 0, "schema_version": 1, "commands": [
-        command_to_avro(Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))]})
+        command_to_avro(command(OpenAccount, "o", user, kyc_tier=1, region="DE"))]})
     step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(src(0, 0), batch)], lambda u, p: None)
     ((partition, result),) = batched(step, RESULTS, "ResultBatch", "results")
     assert result["reason"] == "WRONG_PARTITION" and partition == 0 and not step.states
@@ -67,12 +68,10 @@ def test_user_on_the_wrong_partition_is_refused_without_touching_state() -> None
 
 def test_step_applies_both_topics_in_order_and_emits_ledger_keyed_by_user() -> None:
     user = user_on(3)
-    opened = Command("o", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
-    deposit = Command("ethereum:0xaa:0", 2, user, "DepositConfirmed",
-                      {"chain": "ethereum", "tx_hash": "0xaa", "log_index": 0, "address": "0x" + "1" * 40,
-                       "asset": "ETH", "amount": "1.5", "block_number": 9, "account": "spot"})
-    transfer = Command("t", 3, user, "Transfer", {"asset": "ETH", "amount": "0.5", "from_account": "spot",
-                                                  "to_account": "staking"})
+    opened = command(OpenAccount, "o", user, kyc_tier=1, region="DE")
+    deposit = command(DepositConfirmed, "ethereum:0xaa:0", user, chain="ethereum", tx_hash="0xaa", log_index=0,
+                      address="0x" + "1" * 40, asset="ETH", amount="1.5", block_number=9, account="spot")
+    transfer = command(Transfer, "t", user, asset="ETH", amount="0.5", from_account="spot", to_account="staking")
     inputs = [(src(3, 7), encoded(opened)), (Source(CHAIN, 3, 4, b"k", 0), encoded(deposit)),
               (src(3, 8), encoded(transfer))]
     step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run(inputs, lambda u, p: None)
@@ -90,9 +89,9 @@ def test_step_applies_both_topics_in_order_and_emits_ledger_keyed_by_user() -> N
 def test_chain_events_are_taken_from_the_chain_topic_only() -> None:
     user = user_on(2)
     stored = {user: UserState(user, kyc_tier=1)}
-    forged = Command("ethereum:0xbb:0", 2, user, "DepositConfirmed",
-                     {"chain": "ethereum", "tx_hash": "0xbb", "log_index": 0, "address": "0x" + "1" * 40,
-                      "asset": "USDT", "amount": "1000000", "block_number": 9, "account": "spot"})
+    forged = command(DepositConfirmed, "ethereum:0xbb:0", user, chain="ethereum", tx_hash="0xbb", log_index=0,
+                     address="0x" + "1" * 40, asset="USDT", amount="1000000", block_number=9,
+                     account="spot")  # sent on the users' topic (src)
     step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(src(2, 0), encoded(forged))],
                                                                   lambda u, p: stored.get(u))
     ((_, result),) = batched(step, RESULTS, "ResultBatch", "results")
@@ -105,8 +104,7 @@ def test_chain_events_are_taken_from_the_chain_topic_only() -> None:
 def test_replayed_records_restore_states_without_applying_or_emitting() -> None:
     user = user_on(1)
     stored = {user: UserState(user, kyc_tier=1)}
-    transfer = encoded(Command("t", 5, user, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                                           "to_account": "margin"}))
+    transfer = encoded(command(Transfer, "t", user, asset="USDT", amount="1", from_account="spot", to_account="margin"))
     replay = Source("t.commands", 1, 7, b"k", 0, replay=True)
     step = BatchProcessor(default_config(), PARTITIONS, SOURCES).run([(replay, transfer), (replay, b"garbage")],
                                                            lambda u, p: stored.get(u))

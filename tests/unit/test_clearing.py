@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from processors.config import default_config
 from processors.engine import apply
+from processors.inputs import command
 from processors.ledger import CLEARING
-from processors.messages import Command, LedgerLine
+from processors.messages import DepositConfirmed, FillSettle, LedgerLine, OpenAccount, OrderHold
 from processors.money import format_amount
 from processors.state import UserState
 from tests.unit.core import Engine, ctx
@@ -21,10 +22,10 @@ ADDR = "0x" + "ab" * 20
 
 
 def funded(user: str, asset: str, amount: str, chain: str, address: str) -> UserState:
-    state, _ = apply(None, Command(f"{user}-open", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}), ctx(CFG))
-    body = {"chain": chain, "tx_hash": f"0x{user}", "log_index": 0, "address": address, "asset": asset,
-            "amount": amount, "block_number": 1, "account": "spot"}
-    state, out = apply(state, Command(f"{chain}:0x{user}:0", 2, user, "DepositConfirmed", body), ctx(CFG))
+    state, _ = apply(None, command(OpenAccount, f"{user}-open", user, kyc_tier=1, region="DE"), ctx(CFG))
+    deposit = command(DepositConfirmed, f"{chain}:0x{user}:0", user, chain=chain, tx_hash=f"0x{user}", log_index=0,
+                      address=address, asset=asset, amount=amount, block_number=1, account="spot")
+    state, out = apply(state, deposit, ctx(CFG))
     assert out.result.status == "ACCEPTED"
     return state
 
@@ -37,17 +38,16 @@ def test_both_sides_of_a_fill_net_to_zero_in_clearing(btc_sats: int, price_cents
     seller = funded("seller", "BTC", "2", "bitcoin", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq")
     usdt, btc = format_amount(usdt_minor, 6), format_amount(btc_sats, 8)
     for state, user, asset, amount in ((buyer, "buyer", "USDT", usdt), (seller, "seller", "BTC", btc)):
-        _, out = apply(state, Command(f"{user}-hold", 3, user, "OrderHold",
-                                      {"order_id": "o", "account": "spot", "asset": asset, "amount": amount}), ctx(CFG))
+        _, out = apply(state, command(OrderHold, f"{user}-hold", user, order_id="o", account="spot", asset=asset,
+                                      amount=amount), ctx(CFG))
         assert out.result.status == "ACCEPTED", out.result
     buyer_fee = format_amount(btc_sats * fee_bp // 10**4, 8)
-    _, buy = apply(buyer, Command("fill-b", 4, "buyer", "FillSettle", {
-        "fill_id": "f", "order_id": "o", "account": "spot", "pay_asset": "USDT", "pay_amount": usdt,
-        "receive_asset": "BTC", "receive_amount": btc, "fee_amount": buyer_fee}), ctx(CFG))
-    _, sell = apply(seller, Command("fill-s", 4, "seller", "FillSettle", {
-        "fill_id": "f", "order_id": "o", "account": "spot", "pay_asset": "BTC", "pay_amount": btc,
-        "receive_asset": "USDT", "receive_amount": usdt,
-        "fee_amount": format_amount(usdt_minor * fee_bp // 10**4, 6)}), ctx(CFG))
+    _, buy = apply(buyer, command(FillSettle, "fill-b", "buyer", fill_id="f", order_id="o", account="spot",
+                                  pay_asset="USDT", pay_amount=usdt, receive_asset="BTC", receive_amount=btc,
+                                  fee_amount=buyer_fee), ctx(CFG))
+    _, sell = apply(seller, command(FillSettle, "fill-s", "seller", fill_id="f", order_id="o", account="spot",
+                                    pay_asset="BTC", pay_amount=btc, receive_asset="USDT", receive_amount=usdt,
+                                    fee_amount=format_amount(usdt_minor * fee_bp // 10**4, 6)), ctx(CFG))
     assert buy.result.status == sell.result.status == "ACCEPTED", (buy.result, sell.result)
     lines: list[LedgerLine] = [*buy.lines, *sell.lines]
     clearing: dict[str, int] = defaultdict(int)

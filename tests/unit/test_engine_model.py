@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -16,7 +17,25 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from processors.config import AssetRules, EngineConfig, default_config
 from processors.engine import apply
-from processors.messages import Command, LedgerLine, Result
+from processors.inputs import command
+from processors.messages import (
+    Command,
+    DepositConfirmed,
+    DepositReverted,
+    FillSettle,
+    LedgerLine,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Result,
+    Transfer,
+    WithdrawalApprove,
+    WithdrawalBroadcast,
+    WithdrawalCancel,
+    WithdrawalConfirmed,
+    WithdrawalFailed,
+    WithdrawalRequest,
+)
 from processors.money import format_amount
 from processors.state import UserState
 from tests.unit.core import Engine, ctx
@@ -39,6 +58,8 @@ ACCOUNTS = ("spot", "margin")
 ADDRESS = "0x" + "ab" * 20
 CHAIN_FOR = {"USDT": "ethereum", "BTC": "bitcoin"}
 ADDRESS_FOR = {"USDT": ADDRESS, "BTC": "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"}
+_Body = TypeVar("_Body", bound=Mapping[str, Any])
+_Fields = ParamSpec("_Fields")
 
 
 @dataclass
@@ -52,8 +73,8 @@ class ModelUser:
     closed: set[str] = field(default_factory=set)  # order ids whose hold closed: used, and they take no fill
 
 
-STEP_KIND = {"cancel": "WithdrawalCancel", "broadcast": "WithdrawalBroadcast", "confirm": "WithdrawalConfirmed",
-             "fail": "WithdrawalFailed"}
+STEP_KIND = {"cancel": WithdrawalCancel.__name__, "broadcast": WithdrawalBroadcast.__name__,
+             "confirm": WithdrawalConfirmed.__name__, "fail": WithdrawalFailed.__name__}
 STEP_ALLOWED = {"cancel": ("pending_approval", "approved"), "broadcast": ("approved",),
                 "confirm": ("approved", "broadcast"), "fail": ("approved", "broadcast")}
 
@@ -83,11 +104,16 @@ class EngineMachine(RuleBasedStateMachine):
         self.n = 0
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def send(self, user: str, kind: str, body: Mapping[str, object], cmd_id: str | None = None) -> Result:
+    def send(self, body: Callable[_Fields, _Body], user: str, /, *args: _Fields.args,
+             **fields: _Fields.kwargs) -> Result:
+        """An input with the next test id."""
+        return self.send_input(command(body, f"c{self.n + 1}", user, *args, **fields))
+
+    def send_input(self, cmd: Command) -> Result:
         self.n += 1
-        cmd = Command(cmd_id or f"c{self.n}", self.n, user, kind, body)
-        state, outcome = apply(self.states[user], cmd, ctx(CFG))
-        self.states[user] = state
+        cmd = cmd._replace(ts_ms=self.n)
+        state, outcome = apply(self.states[cmd.user_id], cmd, ctx(CFG))
+        self.states[cmd.user_id] = state
         assert cmd.id not in self.results, "test ids are unique"
         self.results[cmd.id] = outcome.result
         assert outcome.result.ledger_lines == len(outcome.lines)
@@ -116,7 +142,7 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(m is None for m in self.model.values()))
     @rule(user=users)
     def open_account(self, user: str) -> None:
-        r = self.send(user, "OpenAccount", {"kyc_tier": 1, "region": "EU"})
+        r = self.send(OpenAccount, user, kyc_tier=1, region="EU")
         if self.expect(r, self.model[user] is None, None if self.model[user] is None else "USER_EXISTS"):
             m = self.model[user] = ModelUser()
             for what, data in self.waiting[user]:  # applied in arrival order once the account is open
@@ -132,11 +158,11 @@ class EngineMachine(RuleBasedStateMachine):
         amount = minor * UNIT[asset] // 2  # minor < 4: below the minimum deposit
         chain = CHAIN_FOR[asset]
         dep_id = f"{chain}:0x{tx:064x}:{SCALE[asset]}"
-        body = {"chain": chain, "tx_hash": f"0x{tx:064x}", "log_index": SCALE[asset], "address": ADDRESS_FOR[asset],
-                "asset": asset, "amount": amount_text(asset, amount), "block_number": tx, "account": account}
         if any(c.id == dep_id for c in self.sent):
             return  # the same chain event again is the `replay` rule's job
-        r = self.send(user, "DepositConfirmed", body, cmd_id=dep_id)
+        r = self.send_input(command(DepositConfirmed, dep_id, user, chain=chain, tx_hash=f"0x{tx:064x}",
+                                    log_index=SCALE[asset], address=ADDRESS_FOR[asset], asset=asset,
+                                    amount=amount_text(asset, amount), block_number=tx, account=account))
         m = self.user(user)
         if m is None:  # the chain's facts wait for the account, up to a bound
             room = len(self.waiting[user]) < CFG.parked_max
@@ -162,7 +188,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         dep_id = sorted(m.deps)[pick % len(m.deps)]
         account, asset, amount, status = m.deps[dep_id]
-        r = self.send(user, "DepositReverted", {"deposit_id": dep_id, "reason": "reorg"})
+        r = self.send(DepositReverted, user, deposit_id=dep_id, reason="reorg")
         self.expect(r, True)
         m.deps[dep_id][3] = "reverted"
         if status == "credited":
@@ -178,8 +204,8 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(user=users, asset=assets, account=accounts, u=units, oid=st.integers(0, 8))
     def hold(self, user: str, asset: str, account: str, u: int, oid: int) -> None:
         amount = u * UNIT[asset] // 10
-        r = self.send(user, "OrderHold", {"order_id": f"o{oid}", "account": account, "asset": asset,
-                                          "amount": amount_text(asset, amount)})
+        r = self.send(OrderHold, user, order_id=f"o{oid}", account=account, asset=asset,
+                      amount=amount_text(asset, amount))
         m = self.user(user)
         ok = (m is not None and not m.frozen and f"o{oid}" not in m.holds and f"o{oid}" not in m.closed
               and m.bal[(account, asset, "available")] >= amount)
@@ -196,8 +222,7 @@ class EngineMachine(RuleBasedStateMachine):
         held = m.holds.get(oid) if m else None
         asset = str(held[1]) if held else "USDT"
         amount = None if part is None else part * UNIT[asset] // 100
-        body = {"order_id": oid, "amount": None if amount is None else amount_text(asset, amount)}
-        r = self.send(user, "OrderRelease", body)
+        r = self.send(OrderRelease, user, order_id=oid, amount=None if amount is None else amount_text(asset, amount))
         if held is None:
             self.expect(r, False, self._no_hold(m, oid))
             return
@@ -217,9 +242,8 @@ class EngineMachine(RuleBasedStateMachine):
         m = self.user(user)
         held = m.holds.get(oid) if m else None
         if held is None or m is None:
-            r = self.send(user, "FillSettle", {"fill_id": "f", "order_id": oid, "account": "spot",
-                                                "pay_asset": "USDT", "pay_amount": "1", "receive_asset": "BTC",
-                                                "receive_amount": "0.001", "fee_amount": "0"})
+            r = self.send(FillSettle, user, fill_id="f", order_id=oid, account="spot", pay_asset="USDT",
+                          pay_amount="1", receive_asset="BTC", receive_amount="0.001", fee_amount="0")
             self.expect(r, False, self._no_hold(m, oid))
             return
         account, pay_asset, remaining = held
@@ -228,10 +252,9 @@ class EngineMachine(RuleBasedStateMachine):
         pay = max(1, part * remaining // 100)  # part > 100: more than the hold has left
         recv = price * UNIT[recv_asset] // 100
         fee = recv * fee_pct // 100
-        body = {"fill_id": f"f{self.n}", "order_id": oid, "account": account, "pay_asset": pay_asset,
-                "pay_amount": amount_text(pay_asset, pay), "receive_asset": recv_asset,
-                "receive_amount": amount_text(recv_asset, recv), "fee_amount": amount_text(recv_asset, fee)}
-        r = self.send(user, "FillSettle", body)
+        r = self.send(FillSettle, user, fill_id=f"f{self.n}", order_id=oid, account=account, pay_asset=pay_asset,
+                      pay_amount=amount_text(pay_asset, pay), receive_asset=recv_asset,
+                      receive_amount=amount_text(recv_asset, recv), fee_amount=amount_text(recv_asset, fee))
         if self.expect(r, pay <= remaining and fee <= recv):
             self._reduce(m, oid, pay)
             m.bal[(account, recv_asset, "available")] += recv - fee
@@ -239,8 +262,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(user=users, asset=assets, src=accounts, dst=accounts, u=units)
     def transfer(self, user: str, asset: str, src: str, dst: str, u: int) -> None:
         amount = u * UNIT[asset] // 10
-        r = self.send(user, "Transfer", {"asset": asset, "amount": amount_text(asset, amount),
-                                         "from_account": src, "to_account": dst})
+        r = self.send(Transfer, user, asset=asset, amount=amount_text(asset, amount), from_account=src, to_account=dst)
         m = self.user(user)
         ok = m is not None and not m.frozen and src != dst and m.bal[(src, asset, "available")] >= amount
         if self.expect(r, ok):
@@ -252,9 +274,9 @@ class EngineMachine(RuleBasedStateMachine):
     def withdraw(self, user: str, asset: str, u: int, fee_units: int, wid: int) -> None:
         amount = u * UNIT[asset] // (1 if asset == "USDT" else 100)
         fee = fee_units * CFG.rules[asset].withdrawal_fee
-        body = {"withdrawal_id": f"w{wid}", "account": "spot", "chain": CHAIN_FOR[asset], "asset": asset,
-                "amount": amount_text(asset, amount), "fee": amount_text(asset, fee), "address": ADDRESS_FOR[asset]}
-        r = self.send(user, "WithdrawalRequest", body)
+        r = self.send(WithdrawalRequest, user, withdrawal_id=f"w{wid}", account="spot", chain=CHAIN_FOR[asset],
+                      asset=asset, amount=amount_text(asset, amount), fee=amount_text(asset, fee),
+                      address=ADDRESS_FOR[asset])
         m = self.user(user)
         rules = CFG.rules[asset]
         ok = (m is not None and not m.frozen and f"w{wid}" not in m.wds and amount >= rules.min_withdrawal
@@ -282,7 +304,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(user=users, pick=st.integers(0, 100), approver=st.sampled_from(["ops1", "ops2"]))
     def approve(self, user: str, pick: int, approver: str) -> None:
         user, wid = self._pick(user, pick, "w")
-        r = self.send(user, "WithdrawalApprove", {"withdrawal_id": wid, "approver": approver})
+        r = self.send(WithdrawalApprove, user, withdrawal_id=wid, approver=approver)
         m = self.user(user)
         w = m.wds.get(wid) if m else None
         approvers = w["approvers"] if w else set()
@@ -300,14 +322,15 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(user=users, pick=st.integers(0, 100), what=st.sampled_from(["cancel", "broadcast", "confirm", "fail"]))
     def withdrawal_step(self, user: str, pick: int, what: str) -> None:
         user, wid = self._pick(user, pick, "w")
-        body: dict[str, object] = {"withdrawal_id": wid}
+        tx_hash = "0x" + "cd" * 32
         if what == "cancel":
-            body["reason"] = "user"
+            r = self.send(WithdrawalCancel, user, withdrawal_id=wid, reason="user")
         elif what == "fail":
-            body["reason"] = "dropped"
+            r = self.send(WithdrawalFailed, user, withdrawal_id=wid, reason="dropped")
+        elif what == "broadcast":
+            r = self.send(WithdrawalBroadcast, user, withdrawal_id=wid, tx_hash=tx_hash)
         else:
-            body["tx_hash"] = "0x" + "cd" * 32
-        r = self.send(user, STEP_KIND[what], body)
+            r = self.send(WithdrawalConfirmed, user, withdrawal_id=wid, tx_hash=tx_hash)
         m = self.user(user)
         if m is None and what != "cancel":  # a chain event for an account not open yet waits for it
             room = len(self.waiting[user]) < CFG.parked_max
@@ -347,8 +370,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(user=users, bad=st.sampled_from(["1.0000001", "-5", "0", "abc", "1e5", "9" * 39, "", " 1", "1.", "１"]))
     def invalid_amount(self, user: str, bad: str) -> None:
         before = copy.deepcopy(self.states[user])
-        body = {"asset": "USDT", "amount": bad, "from_account": "spot", "to_account": "margin"}
-        r = self.send(user, "Transfer", body)
+        r = self.send(Transfer, user, asset="USDT", amount=bad, from_account="spot", to_account="margin")
         self.expect(r, False)
         m = self.model[user]
         if m is not None and not m.frozen:

@@ -7,7 +7,22 @@ import dataclasses
 from processors.batch import BatchProcessor, Source
 from processors.config import default_config
 from processors.engine import apply
-from processors.messages import Command
+from processors.inputs import USER, command
+from processors.messages import (
+    AccountUnfreeze,
+    Command,
+    DepositConfirmed,
+    DepositReverted,
+    FillSettle,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Transfer,
+    WithdrawalCancel,
+    WithdrawalConfirmed,
+    WithdrawalFailed,
+    WithdrawalRequest,
+)
 from processors.state import UserState
 from streams.topics import RESULTS
 from tests.unit.core import Engine, ctx
@@ -18,30 +33,27 @@ ADDR = "0x" + "11" * 20
 
 
 def deposit(tx: str, amount: str = "1000", user: str = "u", account: str = "spot") -> Command:
-    return Command(f"ethereum:{tx}:0", 1, user, "DepositConfirmed",
-                   {"chain": "ethereum", "tx_hash": tx, "log_index": 0, "address": ADDR, "asset": "USDT",
-                    "amount": amount, "block_number": 1, "account": account}, "chain")
+    return command(DepositConfirmed, f"ethereum:{tx}:0", user, chain="ethereum", tx_hash=tx, log_index=0, address=ADDR,
+                   asset="USDT", amount=amount, block_number=1, account=account)
 
 
 def opened(user: str = "u") -> UserState:
-    state, _ = apply(None, Command(f"{user}-open", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}), ctx(CFG))
+    state, _ = apply(None, command(OpenAccount, f"{user}-open", user, kyc_tier=1, region="DE"), ctx(CFG))
     state, out = apply(state, deposit("0xfund", user=user), ctx(CFG))
     assert out.result.status == "ACCEPTED"
     return state
 
 
 def transfer(cmd_id: str, amount: str = "1", src: str = "spot", dst: str = "margin") -> Command:
-    return Command(cmd_id, 1, "u", "Transfer", {"asset": "USDT", "amount": amount, "from_account": src,
-                                                "to_account": dst})
+    return command(Transfer, cmd_id, "u", asset="USDT", amount=amount, from_account=src, to_account=dst)
 
 
 def test_a_fill_resent_after_10000_inputs_settles_once() -> None:
     state = opened()
-    state, _ = apply(state, Command("h", 1, "u", "OrderHold", {"order_id": "o1", "account": "spot", "asset": "USDT",
-                                                               "amount": "100"}), ctx(CFG))
-    fill = Command("f1", 1, "u", "FillSettle", {"fill_id": "x1", "order_id": "o1", "account": "spot",
-                                                "pay_asset": "USDT", "pay_amount": "10", "receive_asset": "BTC",
-                                                "receive_amount": "0.001", "fee_amount": "0"})
+    state, _ = apply(state, command(OrderHold, "h", "u", order_id="o1", account="spot", asset="USDT", amount="100"),
+                     ctx(CFG))
+    fill = command(FillSettle, "f1", "u", fill_id="x1", order_id="o1", account="spot", pay_asset="USDT",
+                   pay_amount="10", receive_asset="BTC", receive_amount="0.001", fee_amount="0")
     state, first = apply(state, fill, ctx(CFG))
     assert first.result.status == "ACCEPTED" and first.lines
     for i in range(10_000):
@@ -70,7 +82,7 @@ def test_the_same_id_with_another_body_is_id_reused() -> None:
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
     state, out = apply(state, transfer("t1", "2"), ctx(CFG))
     assert (out.result.status, out.result.reason) == ("REJECTED", "ID_REUSED")
-    state, out = apply(state, Command("t1", 1, "u", "OrderRelease", {"order_id": "o", "amount": None}), ctx(CFG))
+    state, out = apply(state, command(OrderRelease, "t1", "u", order_id="o", amount=None), ctx(CFG))
     assert out.result.reason == "ID_REUSED"
     state.applied.clear()  # beyond the state's window: the engine's memory still knows it
     state, out = apply(state, transfer("t1", "2"), ctx(CFG))
@@ -85,7 +97,7 @@ def test_a_deposit_before_its_account_waits_and_is_credited_on_opening() -> None
     assert (out.result.status, out.result.reason) == ("ACCEPTED", "PARKED") and not state.opened
     state, out = apply(state, dep, ctx(CFG))
     assert out.result.reason == "PARKED" and state.parked_count() == 1, "a resend waits once"
-    state, out = apply(state, Command("open", 2, "late", "OpenAccount", {"kyc_tier": 1, "region": "DE"}), ctx(CFG))
+    state, out = apply(state, command(OpenAccount, "open", "late", kyc_tier=1, region="DE"), ctx(CFG))
     assert out.result.status == "ACCEPTED" and len(out.lines) == 2 and not state.parked
     assert state.available("spot", "USDT") == 700 * 10**6
 
@@ -93,8 +105,7 @@ def test_a_deposit_before_its_account_waits_and_is_credited_on_opening() -> None
 def test_parked_events_expire_by_engine_time_with_a_result() -> None:
     state, _ = apply(None, deposit("0xlost", user="ghost"), ctx(CFG))
     later = Engine.now_ms + CFG.parked_ttl_ms + 1
-    state, out = apply(state, Command("open", 2, "ghost", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-                       ctx(CFG, later))
+    state, out = apply(state, command(OpenAccount, "open", "ghost", kyc_tier=1, region="DE"), ctx(CFG, later))
     assert [(r.id, r.reason) for r in out.more] == [("ethereum:0xlost:0", "PARKED_EXPIRED")]
     assert not out.lines and state.available("spot", "USDT") == 0
 
@@ -107,8 +118,8 @@ def test_a_5000_digit_amount_is_refused_not_raised() -> None:
 def test_operator_lifts_a_risk_freeze_ledger_neutral() -> None:
     state = opened()
     state.status = "frozen"
-    lift = Command("lift", 3, "u", "AccountUnfreeze", {"approver": "risk-ops", "reason": "reviewed"}, "operator")
-    _, forged = apply(state, lift._replace(source="user"), ctx(CFG))
+    lift = command(AccountUnfreeze, "lift", "u", approver="risk-ops", reason="reviewed")
+    _, forged = apply(state, lift._replace(source=USER), ctx(CFG))
     assert forged.result.reason == "WRONG_SOURCE" and state.status == "frozen", "a user cannot lift it"
     state, out = apply(state, lift, ctx(CFG))
     assert (out.result.status, out.lines) == ("ACCEPTED", ()) and state.status == "normal"
@@ -118,13 +129,12 @@ def test_operator_lifts_a_risk_freeze_ledger_neutral() -> None:
 def test_a_confirmation_for_a_pruned_withdrawal_is_answered_not_parked() -> None:
     cfg = dataclasses.replace(CFG, closed_withdrawals_kept=0)
     state = opened()
-    req = Command("r", 1, "u", "WithdrawalRequest", {"withdrawal_id": "w1", "account": "spot", "chain": "ethereum",
-                                                     "asset": "USDT", "amount": "20", "fee": "1", "address": ADDR})
+    req = command(WithdrawalRequest, "r", "u", withdrawal_id="w1", account="spot", chain="ethereum", asset="USDT",
+                  amount="20", fee="1", address=ADDR)
     state, _ = apply(state, req, ctx(cfg))
-    state, _ = apply(state, Command("c", 1, "u", "WithdrawalCancel", {"withdrawal_id": "w1"}), ctx(cfg))
+    state, _ = apply(state, command(WithdrawalCancel, "c", "u", withdrawal_id="w1", reason="user"), ctx(cfg))
     assert "w1" not in state.withdrawals, "pruned"
-    state, out = apply(state, Command("late", 1, "u", "WithdrawalConfirmed", {"withdrawal_id": "w1", "tx_hash": "0x"},
-                                      "chain"), ctx(cfg))
+    state, out = apply(state, command(WithdrawalConfirmed, "late", "u", withdrawal_id="w1", tx_hash="0x"), ctx(cfg))
     assert (out.result.status, out.result.reason) == ("REJECTED", "WITHDRAWAL_CLOSED") and not state.parked
     state, out = apply(state, req._replace(id="r2"), ctx(cfg))
     assert out.result.reason == "DUPLICATE_WITHDRAWAL_ID", "a withdrawal id is used once"
@@ -132,11 +142,10 @@ def test_a_confirmation_for_a_pruned_withdrawal_is_answered_not_parked() -> None
 
 def test_a_withdrawal_a_parked_event_failed_is_not_sent_to_sign() -> None:
     state = opened()
-    state, out = apply(state, Command("fail", 1, "u", "WithdrawalFailed", {"withdrawal_id": "w9"}, "chain"), ctx(CFG))
+    state, out = apply(state, command(WithdrawalFailed, "fail", "u", withdrawal_id="w9", reason="dropped"), ctx(CFG))
     assert out.result.reason == "PARKED"
-    state, out = apply(state, Command("r", 1, "u", "WithdrawalRequest", {
-        "withdrawal_id": "w9", "account": "spot", "chain": "ethereum", "asset": "USDT", "amount": "20", "fee": "1",
-        "address": ADDR}), ctx(CFG))
+    state, out = apply(state, command(WithdrawalRequest, "r", "u", withdrawal_id="w9", account="spot", chain="ethereum",
+                                      asset="USDT", amount="20", fee="1", address=ADDR), ctx(CFG))
     assert out.result.status == "ACCEPTED" and out.events == () and state.withdrawals["w9"].status == "failed"
 
 
@@ -144,8 +153,7 @@ def test_a_reverted_deposit_reincluded_is_credited_again() -> None:
     state = opened()
     dep = deposit("0xreorg", "300")
     state, _ = apply(state, dep, ctx(CFG))
-    state, _ = apply(state, Command("rv", 1, "u", "DepositReverted", {"deposit_id": dep.id, "reason": "reorg"},
-                                    "chain"), ctx(CFG))
+    state, _ = apply(state, command(DepositReverted, "rv", "u", deposit_id=dep.id, reason="reorg"), ctx(CFG))
     before = state.available("spot", "USDT")
     state, out = apply(state, dep, ctx(CFG))
     assert out.result.status == "ACCEPTED" and len(out.lines) == 2
@@ -162,12 +170,11 @@ def test_caps_bound_what_a_user_can_make_the_engine_keep() -> None:
     _, out = apply(state, transfer("long-id" * 50), ctx(CFG))
     assert out.result.reason == "MALFORMED_COMMAND"
     for i in range(CFG.open_holds_max):
-        hold = Command(f"h{i}", 1, "u", "OrderHold", {"order_id": f"o{i}", "account": "spot", "asset": "USDT",
-                                                      "amount": "0.01"})
+        hold = command(OrderHold, f"h{i}", "u", order_id=f"o{i}", account="spot", asset="USDT", amount="0.01")
         state, out = apply(state, hold, ctx(CFG))
         assert out.result.status == "ACCEPTED"
-    _, out = apply(state, Command("one-more", 1, "u", "OrderHold", {"order_id": "x", "account": "spot",
-                                                                      "asset": "USDT", "amount": "0.01"}), ctx(CFG))
+    _, out = apply(state, command(OrderHold, "one-more", "u", order_id="x", account="spot", asset="USDT",
+                                  amount="0.01"), ctx(CFG))
     assert out.result.reason == "TOO_MANY_OPEN_HOLDS"
     assert len(state.to_bytes()) < 1_000_000, "under Kafka's default record limit with the most holds allowed"
 
@@ -185,10 +192,9 @@ def test_the_step_quarantines_an_input_the_core_fails_on() -> None:
     user = user_on(1)
     stored: dict[str, UserState] = {}
     inputs = [(Source("t.commands", 1, n, b"k", 1_700_000_000_000), encoded(cmd)) for n, cmd in enumerate([
-        Command("open", 1, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-        Command("boom", 2, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-        Command("next", 3, user, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                              "to_account": "margin"}),
+        command(OpenAccount, "open", user, kyc_tier=1, region="DE"),
+        command(OpenAccount, "boom", user, kyc_tier=1, region="DE"),
+        command(Transfer, "next", user, asset="USDT", amount="1", from_account="spot", to_account="margin"),
     ])]
     step = BatchProcessor(CFG, PARTITIONS, SOURCES, fail_on="boom").run(inputs, lambda u, p: stored.get(u))
     results = {r["id"]: (r["status"], r["reason"]) for _, r in batched(step, RESULTS, "ResultBatch", "results")}

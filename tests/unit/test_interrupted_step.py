@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from processors.batch import BatchProcessor, Source, Step
 from processors.config import default_config
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import DepositConfirmed, OpenAccount, Transfer
 from processors.state import UserState
 from schemas import CODEC
 from streams.partitioner import partition_for
@@ -34,13 +35,13 @@ COMMANDS, CHAIN = "t.commands", "t.chain"
 
 def record(topic: str, n: int, user: str, kind: int) -> tuple[str, bytes]:
     if topic == CHAIN:
-        body = {"chain": "ethereum", "tx_hash": f"0x{n:04x}", "log_index": 0, "address": "0x" + "1" * 40,
-                "asset": "USDT", "amount": "20", "block_number": n, "account": "spot"}
-        return topic, encoded(Command(f"ethereum:0x{n:04x}:0", n, user, "DepositConfirmed", body))
+        return topic, encoded(command(DepositConfirmed, f"ethereum:0x{n:04x}:0", user, chain="ethereum",
+                                      tx_hash=f"0x{n:04x}", log_index=0, address="0x" + "1" * 40, asset="USDT",
+                                      amount="20", block_number=n, account="spot"))
     if kind == 0:
-        return topic, encoded(Command(f"open-{user}", n, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"}))
-    return topic, encoded(Command(f"t{n}", n, user, "Transfer", {"asset": "USDT", "amount": "7",
-                                                              "from_account": "spot", "to_account": "margin"}))
+        return topic, encoded(command(OpenAccount, f"open-{user}", user, kyc_tier=1, region="DE"))
+    return topic, encoded(command(Transfer, f"t{n}", user, asset="USDT", amount="7", from_account="spot",
+                                  to_account="margin"))
 
 
 class Log:

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from bench.workload import commands
 from processors.config import default_config
 from processors.engine import apply
+from processors.inputs import command
 from processors.ledger import CUSTODY_PREFIX, FEE_REVENUE, FILL, WITHDRAWAL
-from processors.messages import Command, LedgerLine
+from processors.messages import Command, DepositConfirmed, FillSettle, LedgerLine, OpenAccount, OrderHold
 from processors.state import UserState
 from processors.wire import line_to_avro
 from schemas import CODEC
@@ -38,21 +39,19 @@ BTC_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
 def _matched(cmds: list[Command]) -> list[Command]:
     """The workload's fills are one side of a trade; a market maker takes the other side of each, so
     that sys:clearing nets to zero as it does on a real day (DESIGN §2.5)."""
-    out = [Command("mm-open", 1, "mm", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-           Command("bitcoin:0xmm:0", 1, "mm", "DepositConfirmed",
-                   {"chain": "bitcoin", "tx_hash": "0xmm", "log_index": 0, "address": BTC_ADDRESS, "asset": "BTC",
-                    "amount": "100", "block_number": 1, "account": "spot"})]
+    out = [command(OpenAccount, "mm-open", "mm", kyc_tier=1, region="DE")._replace(ts_ms=1),
+           command(DepositConfirmed, "bitcoin:0xmm:0", "mm", chain="bitcoin", tx_hash="0xmm", log_index=0,
+                   address=BTC_ADDRESS, asset="BTC", amount="100", block_number=1, account="spot")._replace(ts_ms=1)]
     for c in cmds:
         out.append(c)
         if c.kind == "FillSettle":
             b, o = c.body, f"mm-{c.id}"
-            out.append(Command(f"{o}-hold", c.ts_ms, "mm", "OrderHold",
-                               {"order_id": o, "account": "spot", "asset": b["receive_asset"],
-                                "amount": b["receive_amount"]}))
-            out.append(Command(f"{o}-fill", c.ts_ms, "mm", "FillSettle",
-                               {"fill_id": f"{o}-f", "order_id": o, "account": "spot", "pay_asset": b["receive_asset"],
-                                "pay_amount": b["receive_amount"], "receive_asset": b["pay_asset"],
-                                "receive_amount": b["pay_amount"], "fee_amount": "0.01"}))
+            out.append(command(OrderHold, f"{o}-hold", "mm", order_id=o, account="spot", asset=b["receive_asset"],
+                               amount=b["receive_amount"])._replace(ts_ms=c.ts_ms))
+            out.append(command(FillSettle, f"{o}-fill", "mm", fill_id=f"{o}-f", order_id=o, account="spot",
+                               pay_asset=b["receive_asset"], pay_amount=b["receive_amount"],
+                               receive_asset=b["pay_asset"], receive_amount=b["pay_amount"],
+                               fee_amount="0.01")._replace(ts_ms=c.ts_ms))
     return out
 
 

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from processors.inputs import command
 from processors.ledger import SYSTEM_USER, custody
+from processors.messages import DepositConfirmed
+from processors.wire import command_to_avro
 from schemas import CODEC
 from sinks.reconcile import EngineState, print_report, reconcile
 from sinks.sink import Counters, Item, Lander, _iso
@@ -58,10 +61,9 @@ def to_sign(wid: str, ts_ms: int) -> bytes:
 
 
 def chain_event(cid: str, ts_ms: int) -> bytes:
-    body = {"chain": "bitcoin", "tx_hash": f"0x{cid}", "log_index": 0, "address": BTC_ADDRESS, "asset": "BTC",
-            "amount": "1", "block_number": 7, "account": "spot"}
-    return CODEC.encode("Command", {"id": cid, "ts_ms": ts_ms, "schema_version": 1, "user_id": "u1",
-                                    "body": ("posflow.DepositConfirmed", body)})
+    deposit = command(DepositConfirmed, cid, "u1", chain="bitcoin", tx_hash=f"0x{cid}", log_index=0,
+                      address=BTC_ADDRESS, asset="BTC", amount="1", block_number=7, account="spot")
+    return CODEC.encode("Command", command_to_avro(deposit._replace(ts_ms=ts_ms)))
 
 
 def dead_letter(source: str, offset: int, ts_ms: int, value: bytes) -> bytes:
