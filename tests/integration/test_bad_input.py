@@ -8,7 +8,9 @@ import pytest
 from confluent_kafka import Producer
 
 from processors.agents import EXIT_RESTART
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import Command, OpenAccount, Transfer
+from processors.wire import command_to_avro
 from schemas import CODEC
 from streams.client import CommandClient, ResultWatcher, read_topic
 from streams.config import Settings
@@ -20,8 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def transfer(cmd_id: str, user: str, amount: str) -> Command:
-    return Command(cmd_id, 1, user, "Transfer", {"asset": "USDT", "amount": amount, "from_account": "spot",
-                                                  "to_account": "margin"})
+    return command(Transfer, cmd_id, user, asset="USDT", amount=amount, from_account="spot", to_account="margin")
 
 
 def test_bad_input_is_refused_or_dead_lettered_and_the_worker_goes_on(
@@ -34,16 +35,14 @@ def test_bad_input_is_refused_or_dead_lettered_and_the_worker_goes_on(
         watcher = ResultWatcher(settings)
         client = CommandClient(settings)
         raw = Producer(producer_config(settings))
-        garbage = [b"", b"\x00\x01not avro", b"\xc3\x01" + b"\xff" * 8 + b"x", CODEC.encode("Command", {
-            "id": "c", "ts_ms": 1, "schema_version": 1, "user_id": "eve",
-            "body": ("posflow.Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                          "to_account": "margin"})})[:-4]]
+        truncated = CODEC.encode("Command", command_to_avro(transfer("c", "eve", "1")))[:-4]
+        garbage = [b"", b"\x00\x01not avro", b"\xc3\x01" + b"\xff" * 8 + b"x", truncated]
         for value in garbage:
             raw.produce(COMMANDS.name(settings), value, b"eve")
         raw.flush(10)
         cmds = [
             transfer("unknown-user", "nobody", "1"),
-            Command("open", 2, "eve", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
+            command(OpenAccount, "open", "eve", kyc_tier=1, region="DE"),
         ]
         client.send_batch(cmds)
         client.flush()
@@ -53,7 +52,7 @@ def test_bad_input_is_refused_or_dead_lettered_and_the_worker_goes_on(
             transfer("negative", "eve", "-3"),
             transfer("too-long", "eve", "1" * 40),
             transfer("no-funds", "eve", "5"),
-            Command("odd-user", 3, "\x00root", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
+            command(OpenAccount, "odd-user", "\x00root", kyc_tier=1, region="DE"),
         ]
         for c in later:
             client.send(c)

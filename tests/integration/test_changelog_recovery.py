@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from processors.inputs import command
+from processors.messages import Transfer
+from processors.wire import command_to_avro
 from schemas import CODEC
 from streams.config import Settings
 from streams.kafka import consumer_config, producer_config, watermarks
@@ -26,10 +29,9 @@ def _produce(settings: Settings, n: int, users: int) -> dict[str, int]:
     for i in range(n):
         user = f"u{rng.randrange(users)}"
         expected[user] = expected.get(user, 0) + 1
-        body = {"asset": "USDT", "amount": "1", "from_account": "spot", "to_account": "margin"}
-        record = {"id": f"c{i}", "ts_ms": i, "schema_version": 1, "user_id": user,
-                  "body": ("posflow.Transfer", body)}
-        producer.produce(COMMANDS.name(settings), key=user.encode(), value=CODEC.encode("Command", record))
+        cmd = command(Transfer, f"c{i}", user, asset="USDT", amount="1", from_account="spot", to_account="margin")
+        value = CODEC.encode("Command", command_to_avro(cmd._replace(ts_ms=i)))
+        producer.produce(COMMANDS.name(settings), key=user.encode(), value=value)
         producer.poll(0)
     assert producer.flush(30) == 0, "records left unsent"
     return expected

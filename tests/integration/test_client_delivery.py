@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import Command, OpenAccount
 from streams.client import CommandClient, read_topic
 from streams.config import Settings
 from streams.output import DeliveryFailed
@@ -27,7 +28,7 @@ def _settings(env: dict[str, str], **overrides: object) -> Settings:
 
 
 def _open(user: str, cid: str | None = None) -> Command:
-    return Command(cid or f"open-{user}", 1_700_000_000_000, user, "OpenAccount", {"kyc_tier": 1, "region": "DE"})
+    return command(OpenAccount, cid or f"open-{user}", user, kyc_tier=1, region="DE")._replace(ts_ms=1_700_000_000_000)
 
 
 def _create_with_record_limit(settings: Settings, topic: str, max_bytes: int) -> None:
