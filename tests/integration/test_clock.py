@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import OpenAccount
 from streams.client import CommandClient, ResultWatcher, read_topic
 from streams.config import Settings
 from streams.topics import SYSTEM, create_all
@@ -40,7 +41,7 @@ def test_ticks_sweep_expired_memory_records_from_the_store_and_the_changelog(
     try:
         worker.wait_until("/stats/", lambda s: True, timeout=120)
         users = [f"u{i}" for i in range(8)]  # on several partitions
-        opens = [Command(f"open-{u}", 1, u, "OpenAccount", {"kyc_tier": 1, "region": "DE"}) for u in users]
+        opens = [command(OpenAccount, f"open-{u}", u, kyc_tier=1, region="DE") for u in users]
         client = CommandClient(settings)
         client.send_batch(opens)
         client.flush()

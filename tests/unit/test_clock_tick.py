@@ -12,7 +12,8 @@ from typing import Any
 
 from processors.batch import BatchProcessor, Source, Step
 from processors.config import DAY_MS, default_config
-from processors.messages import Command
+from processors.inputs import command
+from processors.messages import ClockTick, Command, DepositConfirmed, OpenAccount, Transfer, WithdrawalConfirmed
 from processors.state import UserState
 from streams.topics import RESULTS
 from tests.unit.test_batch import PARTITIONS, SOURCES, batched, encoded, user_on
@@ -78,22 +79,27 @@ class Partition:
 
 
 def tick(ts_ms: int, partition: int = P) -> tuple[str, int, Command]:
-    return SYSTEM, ts_ms, Command(f"tick/{partition}/{ts_ms}", ts_ms, "", "ClockTick", {"partition": partition})
+    return SYSTEM, ts_ms, command(ClockTick, f"tick/{partition}/{ts_ms}", "", partition=partition)._replace(ts_ms=ts_ms)
 
 
-def command(ts_ms: int, cmd_id: str, kind: str, body: dict[str, Any], user: str = USER) -> tuple[str, int, Command]:
-    return "t.commands", ts_ms, Command(cmd_id, ts_ms, user, kind, body)
+def user_input(ts_ms: int, cmd: Command) -> tuple[str, int, Command]:
+    """`cmd` on the users' commands topic, whatever its kind's source."""
+    return "t.commands", ts_ms, cmd._replace(ts_ms=ts_ms)
+
+
+def open_account(ts_ms: int, cmd_id: str = "open", user: str = USER) -> tuple[str, int, Command]:
+    return user_input(ts_ms, command(OpenAccount, cmd_id, user, kyc_tier=1, region="DE"))
 
 
 def deposit(ts_ms: int, tx: str, user: str = USER) -> tuple[str, int, Command]:
-    body = {"chain": "ethereum", "tx_hash": tx, "log_index": 0, "address": "0x" + "11" * 20, "asset": "USDT",
-            "amount": "100", "block_number": 1, "account": "spot"}
-    return "t.chain-events", ts_ms, Command(f"ethereum:{tx}:0", ts_ms, user, "DepositConfirmed", body)
+    cmd = command(DepositConfirmed, f"ethereum:{tx}:0", user, chain="ethereum", tx_hash=tx, log_index=0,
+                  address="0x" + "11" * 20, asset="USDT", amount="100", block_number=1, account="spot")
+    return "t.chain-events", ts_ms, cmd._replace(ts_ms=ts_ms)
 
 
 def transfer(ts_ms: int, cmd_id: str) -> tuple[str, int, Command]:
-    return command(ts_ms, cmd_id, "Transfer", {"asset": "USDT", "amount": "1", "from_account": "spot",
-                                                "to_account": "margin"})
+    return user_input(ts_ms, command(Transfer, cmd_id, USER, asset="USDT", amount="1", from_account="spot",
+                                     to_account="margin"))
 
 
 def results(step: Step) -> dict[str, dict[str, Any]]:
@@ -102,7 +108,7 @@ def results(step: Step) -> dict[str, dict[str, Any]]:
 
 def test_a_tick_deletes_the_input_ids_that_expired_and_keeps_what_lasts() -> None:
     part = Partition()
-    part.step(command(T0, "open", "OpenAccount", {"kyc_tier": 1, "region": "DE"}), deposit(T0, "0x01"),
+    part.step(open_account(T0), deposit(T0, "0x01"),
               *(transfer(T0 + i, f"t{i}") for i in range(5)))
     ids = {k for k in part.store.memory() if "\x00i/" in k}
     assert len(ids) == 6 and part.store.index(), "every accepted user input is remembered, and indexed"
@@ -125,10 +131,10 @@ def test_a_tick_deletes_the_input_ids_that_expired_and_keeps_what_lasts() -> Non
 def test_a_record_written_again_later_is_not_swept_with_its_first_expiry() -> None:
     part = Partition()
     part.step(deposit(T0, "0x01"))  # waits for the account: due at T0 + ttl
-    part.step(command(T0 + DAY_MS, "open", "OpenAccount", {"kyc_tier": 1, "region": "DE"}))
+    part.step(open_account(T0 + DAY_MS))
     later = T0 + 2 * DAY_MS  # a confirmation of a withdrawal not requested yet waits: due later
-    part.step(("t.chain-events", later, Command("c1", later, USER, "WithdrawalConfirmed",
-                                                {"withdrawal_id": "w1", "tx_hash": "0x" + "ab" * 32})))
+    confirmed = command(WithdrawalConfirmed, "c1", USER, withdrawal_id="w1", tx_hash="0x" + "ab" * 32)
+    part.step(("t.chain-events", later, confirmed._replace(ts_ms=later)))
     due = f"\x00m/{USER}\x00p"
     assert part.store.memory()[due][0] == later + CFG.parked_ttl_ms
     first = part.step(tick(T0 + CFG.parked_ttl_ms + CFG.sweep_grace_ms + CFG.sweep_period_ms))
@@ -154,8 +160,7 @@ def test_a_tick_expires_parked_events_of_an_account_that_never_opens_and_drops_t
 
     # given up is not lost: the watcher's resend after the account opens is credited
     later = T0 + CFG.parked_ttl_ms + 2 * DAY_MS
-    credited = part.step(command(later, "open", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-                         deposit(later, "0x02"))
+    credited = part.step(open_account(later), deposit(later, "0x02"))
     assert results(credited)["ethereum:0x02:0"]["status"] == "ACCEPTED"
     assert results(credited)["ethereum:0x02:0"]["ledger_lines"] > 0
 
@@ -176,8 +181,7 @@ def test_a_tick_for_another_partition_is_dead_lettered_and_a_user_cannot_send_on
     part = Partition()
     wrong = part.step(tick(T0, partition=P + 1))
     assert wrong.ticks == 0 and wrong.dead_letters == 1
-    opened = part.step(command(T0, "open", "OpenAccount", {"kyc_tier": 1, "region": "DE"}),
-                       command(T0, "fake-tick", "ClockTick", {"partition": P}))
+    opened = part.step(open_account(T0), user_input(T0, command(ClockTick, "fake-tick", USER, partition=P)))
     assert results(opened)["fake-tick"]["reason"] == "WRONG_SOURCE"
 
 
@@ -185,7 +189,7 @@ def test_a_sweep_is_bounded_per_tick_and_goes_on_at_the_next() -> None:
     part = Partition()
     users = [u for u in (f"user{i}" for i in range(5000)) if part.processor.owner(u) == P][:30]
     for n, user in enumerate(users):  # one index entry per step
-        part.step(command(T0 + n, f"open-{user}", "OpenAccount", {"kyc_tier": 1, "region": "DE"}, user))
+        part.step(open_account(T0 + n, f"open-{user}", user))
     assert len(part.store.index()) == 30
     import processors.batch as batch
 
