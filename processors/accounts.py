@@ -5,7 +5,7 @@ from __future__ import annotations
 from processors import checks
 from processors.applied import Applied
 from processors.context import Context
-from processors.ledger import TRANSFER, Entry
+from processors.ledger import TRANSFER, Entry, entry_id
 from processors.messages import AccountUnfreeze, Command, OpenAccount, Transfer
 from processors.money import Rejected
 from processors.reasons import Reason
@@ -26,7 +26,7 @@ def transfer(state: UserState, cmd: Command, ctx: Context) -> Applied:
     if dst not in funded and len(funded) >= cfg.funded_accounts_max:
         raise Rejected(Reason.TOO_MANY_SUB_ACCOUNTS,
                        f"{len(funded)} sub-accounts hold funds; empty one before funding {dst}")
-    entry = Entry(state, cmd.id, TRANSFER, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), TRANSFER, ctx.now_ms)
     entry.user(src, asset, "available", -amount)
     entry.user(dst, asset, "available", amount)
     return Applied(entry.close())

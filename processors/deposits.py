@@ -14,7 +14,7 @@ from processors import checks
 from processors.applied import Applied
 from processors.config import EngineConfig
 from processors.context import NEVER, Context
-from processors.ledger import DEPOSIT, DEPOSIT_REVERSAL, Entry, custody
+from processors.ledger import DEPOSIT, DEPOSIT_REVERSAL, Entry, custody, entry_id
 from processors.messages import Command, DepositConfirmed, DepositReverted, DepositSeen
 from processors.money import Rejected
 from processors.reasons import Reason
@@ -70,10 +70,10 @@ def confirmed(state: UserState, cmd: Command, ctx: Context) -> Applied:
         return Applied(flag=Reason.BELOW_MINIMUM, detail="recorded, not credited: below the asset's minimum deposit")
     again = known is not None and known.status == "reverted"
     _record(state, ctx, cmd.id, Deposit(asset, amount, account, "credited"))
-    entry = Entry(state, cmd.id, DEPOSIT, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), DEPOSIT, ctx.now_ms)
     if again:
         # Re-included after a reorganization: a new entry, since the first one's id is taken.
-        entry = Entry(state, f"{cmd.id}/again/{ctx.topic}/{ctx.offset}", DEPOSIT, ctx.now_ms)
+        entry = Entry(state, entry_id(cmd, f"/again/{ctx.topic}/{ctx.offset}"), DEPOSIT, ctx.now_ms)
     entry.user(account, asset, "available", amount)
     entry.system(custody(body["chain"]), asset, -amount)
     return Applied(entry.close(), detail="re-included after a reversal: credited again" if again else "")
@@ -95,7 +95,7 @@ def reverted(state: UserState, cmd: Command, ctx: Context) -> Applied:
     taken = min(state.available(deposit.account, deposit.asset), deposit.amount)
     shortfall = deposit.amount - taken
     chain = deposit_id.split(":", 1)[0]
-    entry = Entry(state, cmd.id, DEPOSIT_REVERSAL, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), DEPOSIT_REVERSAL, ctx.now_ms)
     if taken:
         entry.user(deposit.account, deposit.asset, "available", -taken)
     if shortfall:

@@ -58,6 +58,8 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
         checks.ident(ctx.cfg, "id", cmd.id)
     except Rejected as refused:
         return _refused(cmd, refused)
+    if not cmd.source:
+        cmd = cmd._replace(source=source)  # in-process callers may leave it out: handlers name it in entry ids
     key = input_key(source, cmd.id)
     digest = ""
     if not spec.by_record:

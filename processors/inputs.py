@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from processors import accounts, deposits, orders, withdrawals
+from processors import accounts, deposits, messages, orders, withdrawals
 from processors.applied import Applied
 from processors.context import Context
 from processors.messages import (
@@ -41,12 +41,13 @@ from processors.state import UserState
 
 Handler = Callable[[UserState, Command, Context], Applied]
 
-# The sources, as the core sees them; streams.topics maps each to the topic it arrives on.
-USER: Final = "user"
-CHAIN: Final = "chain"
-OPERATOR: Final = "operator"
-SYSTEM: Final = "system"
-SOURCES: Final = (USER, CHAIN, OPERATOR, SYSTEM)
+# The sources, as the core sees them; streams.topics maps each to the topic it arrives on. Declared in
+# processors.messages, below the handlers (which name them in ledger entry ids).
+USER: Final = messages.USER
+CHAIN: Final = messages.CHAIN
+OPERATOR: Final = messages.OPERATOR
+SYSTEM: Final = messages.SYSTEM
+SOURCES: Final = messages.SOURCES
 
 
 @dataclass(frozen=True, slots=True)

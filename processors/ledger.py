@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from processors.messages import Bucket, LedgerLine, build
+from processors.messages import Bucket, Command, LedgerLine, build
 from processors.state import BORROWED, UserState
 
 _INDEX: Final[dict[str, int]] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
@@ -43,6 +43,13 @@ CUSTODY_PREFIX: Final = "sys:custody:"  # + chain: what the exchange holds on th
 def custody(chain: str) -> str:
     """The custody account of one chain: a deposit debits it, a withdrawal sent credits it back."""
     return CUSTODY_PREFIX + chain
+
+
+def entry_id(cmd: Command, suffix: str = "") -> str:
+    """A ledger entry's id: its input's source and id. Ids are unique within a source only (a user may
+    send a command under a coming deposit's id), so the source keeps two inputs' lines apart."""
+    assert cmd.source, f"{cmd.id}: the core sets every input's source before its handler runs"
+    return f"{cmd.source}/{cmd.id}{suffix}"
 
 
 class Entry:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from processors import bodies
+
+# Where inputs come from (processors.inputs declares which kinds each source sends).
+USER: Final = "user"
+CHAIN: Final = "chain"
+OPERATOR: Final = "operator"
+SYSTEM: Final = "system"
+SOURCES: Final = (USER, CHAIN, OPERATOR, SYSTEM)
 
 Status = Literal["ACCEPTED", "REJECTED"]
 Bucket = Literal["available", "frozen", "borrowed", "balance"]

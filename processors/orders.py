@@ -5,7 +5,7 @@ from __future__ import annotations
 from processors import checks
 from processors.applied import Applied
 from processors.context import Context
-from processors.ledger import CLEARING, FEE_REVENUE, FILL, ORDER_HOLD, ORDER_RELEASE, Entry
+from processors.ledger import CLEARING, FEE_REVENUE, FILL, ORDER_HOLD, ORDER_RELEASE, Entry, entry_id
 from processors.messages import Command, FillSettle, OrderHold, OrderRelease
 from processors.money import Rejected
 from processors.reasons import Reason
@@ -26,7 +26,7 @@ def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
     account = checks.account(cfg, body["account"], asset)
     amount = checks.amount(cfg, asset, body["amount"])
     checks.funds(state, account, asset, amount)
-    entry = Entry(state, cmd.id, ORDER_HOLD, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), ORDER_HOLD, ctx.now_ms)
     entry.user(account, asset, "available", -amount)
     entry.user(account, asset, "frozen", amount)
     state.holds[order_id] = Hold(account, asset, amount)
@@ -62,7 +62,7 @@ def release(state: UserState, cmd: Command, ctx: Context) -> Applied:
     amount = held.remaining if text is None else checks.amount(cfg, held.asset, text)
     if amount > held.remaining:
         raise Rejected(Reason.HOLD_EXCEEDED, f"release {amount} > {held.remaining} left on the hold")
-    entry = Entry(state, cmd.id, ORDER_RELEASE, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), ORDER_RELEASE, ctx.now_ms)
     entry.user(held.account, held.asset, "frozen", -amount)
     entry.user(held.account, held.asset, "available", amount)
     _reduce(state, ctx, body["order_id"], held, amount)
@@ -95,7 +95,7 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
         raise Rejected(Reason.HOLD_EXCEEDED, f"fill pays {pay} > {held.remaining} left on the hold")
     if fee > receive:
         raise Rejected(Reason.BAD_FEE, f"fee {fee} exceeds the {receive} received")
-    entry = Entry(state, cmd.id, FILL, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), FILL, ctx.now_ms)
     entry.user(held.account, held.asset, "frozen", -pay)
     entry.system(CLEARING, held.asset, pay)
     entry.system(CLEARING, receive_asset, -receive)

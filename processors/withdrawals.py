@@ -16,8 +16,9 @@ from processors import checks
 from processors.applied import Applied
 from processors.config import EngineConfig
 from processors.context import NEVER, Context
-from processors.ledger import FEE_REVENUE, WITHDRAWAL, WITHDRAWAL_FREEZE, WITHDRAWAL_RETURN, Entry, custody
+from processors.ledger import FEE_REVENUE, WITHDRAWAL, WITHDRAWAL_FREEZE, WITHDRAWAL_RETURN, Entry, custody, entry_id
 from processors.messages import (
+    CHAIN,
     Command,
     LedgerLine,
     WithdrawalApprove,
@@ -56,7 +57,7 @@ def request(state: UserState, cmd: Command, ctx: Context) -> Applied:
     required = 0 if amount < rules.auto_approve_below else 1 if amount < rules.two_approvers_from else 2
     w = Withdrawal(account, chain.name, asset, amount, fee, body["address"],
                    "approved" if required == 0 else "pending_approval", required)
-    entry = Entry(state, cmd.id, WITHDRAWAL_FREEZE, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), WITHDRAWAL_FREEZE, ctx.now_ms)
     entry.user(account, asset, "available", -w.frozen)
     entry.user(account, asset, "frozen", w.frozen)
     state.withdrawals[wid] = w
@@ -101,7 +102,7 @@ def confirmed(state: UserState, cmd: Command, ctx: Context) -> Applied:
     if _unknown(state, ctx, body["withdrawal_id"]):
         return _park(state, cmd, ctx)
     w = _in(state, ctx, body["withdrawal_id"], ("approved", "broadcast"))
-    entry = Entry(state, cmd.id, WITHDRAWAL, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), WITHDRAWAL, ctx.now_ms)
     entry.user(w.account, w.asset, "frozen", -w.frozen)
     entry.system(custody(w.chain), w.asset, w.amount)
     if w.fee:
@@ -156,7 +157,7 @@ def _release_parked(state: UserState, wid: str, ctx: Context) -> tuple[LedgerLin
     while waiting:
         cmd_id, ts_ms, kind, body, _ = waiting[0]
         try:
-            applied = CHAIN_STEPS[kind](state, Command(cmd_id, ts_ms, state.user_id, kind, body), ctx)
+            applied = CHAIN_STEPS[kind](state, Command(cmd_id, ts_ms, state.user_id, kind, body, CHAIN), ctx)
         except Rejected:
             break  # not applicable yet (e.g. the withdrawal awaits approval)
         lines += applied.lines
@@ -178,7 +179,7 @@ def _in(state: UserState, ctx: Context, wid: str, allowed: tuple[WithdrawalStatu
 
 
 def _unfreeze(state: UserState, cmd: Command, ctx: Context, w: Withdrawal, status: WithdrawalStatus) -> Applied:
-    entry = Entry(state, cmd.id, WITHDRAWAL_RETURN, ctx.now_ms)
+    entry = Entry(state, entry_id(cmd), WITHDRAWAL_RETURN, ctx.now_ms)
     entry.user(w.account, w.asset, "frozen", -w.frozen)
     entry.user(w.account, w.asset, "available", w.frozen)
     _finish(state, ctx.cfg, w, status)

@@ -25,7 +25,6 @@ from streams.topics import COMMANDS, DEAD_LETTER, create_all
 from streams.workers import sink_process
 from tests.integration.engine_run import (
     Answers,
-    TwoContents,
     accepted,
     balances,
     barrier,
@@ -92,8 +91,8 @@ def test_a_fill_resent_after_10000_inputs_and_a_restart_settles_once(isolated_en
         }
         lines = ledger_by_id(settings)
         per_entry = ledger_entry_lines(settings)
-        assert per_entry[settle.id] == settled.ledger_lines, "the fill's lines were written once"
-        assert per_entry[replayed.id] == 0
+        assert per_entry[f"user/{settle.id}"] == settled.ledger_lines, "the fill's lines were written once"
+        assert per_entry[f"user/{replayed.id}"] == 0
         assert len(lines) == sum(per_entry.values()), "no ledger line was sent twice"
         btc = sum(minor("BTC", line["amount"]) for line in lines.values()
                   if line["user_id"] == user and line["asset"] == "BTC")
@@ -138,10 +137,6 @@ def test_a_user_command_squatting_a_deposit_id_does_not_stop_the_deposit(isolate
     _squat(isolated_env, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=TwoContents, reason=(
-    "engine bug: a ledger line id is <owner>/<entry id>/<line no> and the entry id is the input id, without "
-    "its source, so the squatting transfer's lines and the deposit's lines get the same ids with other "
-    "contents (ClickHouse's ReplacingMergeTree then keeps one of each)"))
 def test_a_squatted_deposit_id_gives_its_ledger_lines_ids_of_their_own(isolated_env: dict[str, str],
                                                                        tmp_path: Path) -> None:
     settings = _squat(isolated_env, tmp_path)
@@ -196,7 +191,8 @@ def test_a_deposit_sent_with_its_account_opening_is_credited_whichever_topic_is_
             assert balances(w, user) == {("spot", "USDT"): (minor("USDT", "700"), 0, 0)}, user
         per_entry = ledger_entry_lines(settings)
         deposits = [early.id, credited.id, *(c.id for c in deposits_first)]
-        assert {i: per_entry[i] for i in deposits} == dict.fromkeys(deposits, 2), "each deposit's lines once"
+        assert {i: per_entry[f"chain/{i}"] for i in deposits} == dict.fromkeys(deposits, 2), \
+            "each deposit's lines once"
         assert len(ledger_by_id(settings)) == sum(per_entry.values()) == 2 * len(deposits)
     finally:
         w.stop()
@@ -306,7 +302,8 @@ def test_far_past_and_far_future_client_times_change_nothing(isolated_env: dict[
         lines = ledger_by_id(settings)
         assert lines and len(lines) == sum(ledger_entry_lines(settings).values())
         for line in lines.values():
-            made_by = late_open.id if line["entry_id"] == waiting.id else line["entry_id"]
+            input_id = line["entry_id"].split("/", 1)[1]  # entry ids are <source>/<input id>
+            made_by = late_open.id if input_id == waiting.id else input_id
             assert line["ts_ms"] == times[made_by][0][1], (line, times[made_by])
 
         # the sink lands it all, dead-letters nothing and does not crash; reconcile finds no drift

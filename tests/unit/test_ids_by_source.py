@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -151,9 +150,6 @@ def test_duplicate_ids_from_different_sources_apply_exactly_once(plan: list[Acti
     assert signed == Counter(approved), "each approved withdrawal goes to the signer once"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a ledger line id is <owner>/<entry id>/<line no> and the entry id is the input id, without "
-    "its source: a user's transfer under a deposit's id and the deposit write lines with the same ids"))
 def test_inputs_of_two_sources_under_one_id_write_ledger_lines_of_their_own_ids() -> None:
     state = setup()
     state, squat = apply(state, transfer(IDS[0], "1"), ctx(CFG))
