@@ -148,7 +148,7 @@ def test_chain_event_ahead_of_its_withdrawal_waits_for_it() -> None:
     state, out = apply(state, wd("r1"), ctx(CFG))
     assert out.result.status == "ACCEPTED"
     assert [ln.entry_type for ln in out.lines] == [WITHDRAWAL_FREEZE] * 2 + [WITHDRAWAL] * 3
-    assert {ln.entry_id for ln in out.lines if ln.entry_type == WITHDRAWAL} == {"c1"}
+    assert {ln.entry_id for ln in out.lines if ln.entry_type == WITHDRAWAL} == {"chain/c1"}
     assert state.withdrawals["w1"].status == "completed" and not state.parked
     assert state.balance("spot", "USDT") == [69_000_000, 10_000_000, 0]  # 100 - 21 - 10 held by o1
     state.check()
