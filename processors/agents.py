@@ -41,8 +41,8 @@ from faust.web import Request, Response, View
 import processors
 from processors.batch import BatchProcessor, Scan, Source, Step, spans
 from processors.config import EngineConfig
-from processors.inputs import SYSTEM
-from processors.messages import ClockTick, Command
+from processors.inputs import SYSTEM, command
+from processors.messages import ClockTick
 from processors.money import format_amount
 from processors.state import UserState
 from processors.wire import command_to_avro
@@ -128,7 +128,7 @@ class Counters:
 
 
 def _clock_tick(partition: int, now_ms: int) -> bytes:
-    tick = Command(f"tick/{partition}/{now_ms}", now_ms, "", "ClockTick", ClockTick(partition=partition), SYSTEM)
+    tick = command(ClockTick, f"tick/{partition}/{now_ms}", "", partition=partition)._replace(ts_ms=now_ms)
     return CODEC.encode("Command", command_to_avro(tick))
 
 
