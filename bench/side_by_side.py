@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import RESULTS, save
+from bench.stack import kafka
 from streams.config import REPO_ROOT
 from streams.table import print_table
 
@@ -34,14 +35,18 @@ def _worktree(ref: str) -> Path:
     return tree
 
 
-def _env(tree: Path) -> dict[str, str]:
-    """The tree's modules first on the path: the virtual environment's editable install points at this tree."""
-    return {**os.environ, "PYTHONPATH": str(tree)}
+def _env(tree: Path, bootstrap: str = "") -> dict[str, str]:
+    """The tree's modules first on the path (the virtual environment's editable install points at this
+    tree), and this tree's broker for both (the other tree's scripts would take it for a stranger's)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    if bootstrap:
+        env["KAFKA_BOOTSTRAP"] = bootstrap
+    return env
 
 
-def _bench(tree: Path) -> dict[str, Any]:
+def _bench(tree: Path, bootstrap: str) -> dict[str, Any]:
     """`bench.run engine` in `tree`, its figures."""
-    subprocess.run([sys.executable, "-m", "bench.run", "engine"], cwd=tree, env=_env(tree), check=True)
+    subprocess.run([sys.executable, "-m", "bench.run", "engine"], cwd=tree, env=_env(tree, bootstrap), check=True)
     figures: dict[str, Any] = json.loads((tree / "bench" / "results" / "engine.json").read_text())
     return figures
 
@@ -55,10 +60,11 @@ def main(argv: list[str]) -> int:
     head = REPO_ROOT
     head_results = (RESULTS / "engine.json").read_text() if (RESULTS / "engine.json").exists() else None
     runs: list[tuple[str, dict[str, Any]]] = []
-    for n in range(args.rounds):
-        for label, tree in ((args.ref, base), ("HEAD", head)):
-            print(f"== side by side, round {n + 1}/{args.rounds}: {label}", flush=True)
-            runs.append((label, _bench(tree)))
+    with kafka() as settings:
+        for n in range(args.rounds):
+            for label, tree in ((args.ref, base), ("HEAD", head)):
+                print(f"== side by side, round {n + 1}/{args.rounds}: {label}", flush=True)
+                runs.append((label, _bench(tree, settings.kafka_bootstrap)))
     if head_results is not None:  # this tree's engine.json stays what `make bench` saved last
         (RESULTS / "engine.json").write_text(head_results)
     rows = [(label, *(figures.get(k, "") for k in KEYS)) for label, figures in runs]
