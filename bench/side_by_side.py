@@ -4,7 +4,7 @@ This machine's speed drifts, so figures of two versions are comparable only when
 the version at git REF is checked out into a worktree under .local/, its core compiled there, and
 `bench.run engine` runs alternately in that tree and in this one (REF first, then this, N times), each
 against the same broker. The table shows every run and the median per version; the figures are saved
-to bench/results/side_by_side.json.
+to bench/results/side_by_side.json, and this tree's last run stays in bench/results/engine.json.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, save
+from bench.run import save
 from bench.stack import kafka
 from streams.config import REPO_ROOT
 from streams.table import print_table
@@ -58,15 +58,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     base = _worktree(args.ref)
     head = REPO_ROOT
-    head_results = (RESULTS / "engine.json").read_text() if (RESULTS / "engine.json").exists() else None
     runs: list[tuple[str, dict[str, Any]]] = []
     with kafka() as settings:
         for n in range(args.rounds):
             for label, tree in ((args.ref, base), ("HEAD", head)):
                 print(f"== side by side, round {n + 1}/{args.rounds}: {label}", flush=True)
                 runs.append((label, _bench(tree, settings.kafka_bootstrap)))
-    if head_results is not None:  # this tree's engine.json stays what `make bench` saved last
-        (RESULTS / "engine.json").write_text(head_results)
     rows = [(label, *(figures.get(k, "") for k in KEYS)) for label, figures in runs]
     medians = {label: {k: statistics.median(f[k] for lab, f in runs if lab == label and k in f) for k in KEYS}
                for label in (args.ref, "HEAD")}
