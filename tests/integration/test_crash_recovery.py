@@ -182,7 +182,8 @@ def _whole_ledger(settings: Settings, watcher: ResultWatcher, timeout: float = 6
         for line in read_ledger(settings, timeout=120):
             seen = contents.setdefault(line["id"], line)
             assert seen == line, f"ledger id {line['id']} has two contents:\n{seen}\n{line}"
-        have = Counter(line["entry_id"] for line in contents.values())
+        # entry ids are <source>/<input id>; the results announce lines per input id
+        have = Counter(line["entry_id"].split("/", 1)[1] for line in contents.values())
         short = [entry for entry, n in announced.items() if have[entry] != n]
         if not short:
             return contents
