@@ -372,6 +372,8 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
                                   f"no progress for {now - since[1]:.0f}s (Faust left the partition unfetched)")
 
     system_topic = INPUTS[SYSTEM].name(settings)
+    # Its own producer: a tick that fails must not fail the delivery of a step's outputs, nor wait for it.
+    ticker: list[OutputProducer] = []
 
     @app.timer(settings.tick_s)  # type: ignore[untyped-decorator]
     async def clock() -> None:
@@ -383,8 +385,9 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == system_topic)
         if owned:
             now_ms = time.time_ns() // 1_000_000
-            await clients()[0].deliver([(INPUTS[SYSTEM], None, _clock_tick(p, now_ms), p)
-                                        for p in owned])
+            if not ticker:
+                ticker.append(OutputProducer(settings))
+            await ticker[0].deliver([(INPUTS[SYSTEM], None, _clock_tick(p, now_ms), p) for p in owned])
 
     @app.page("/users/{user_id}/balances")
     class Balances(View):

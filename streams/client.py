@@ -115,18 +115,23 @@ class CommandClient:
             raise TimeoutError(f"{left} command records not acknowledged by Kafka within {timeout}s")
 
 
+def consumer_at_end(settings: Settings, topic: str, group: str) -> Consumer:
+    """A consumer assigned every partition of `topic` at its end: it reads what is written from now on."""
+    consumer = Consumer(consumer_config(settings, group))
+    start = []
+    for p in range(settings.partitions):
+        _, high = watermarks(consumer, topic, p)
+        start.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
+    consumer.assign(start)
+    return consumer
+
+
 class ResultWatcher:
     """Reads the results topic from 'now' on; create it before sending what you will wait for."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._consumer = Consumer(consumer_config(settings, f"posflow-results-{time.time_ns()}"))
-        topic = RESULTS.name(settings)
-        start = []
-        for p in range(settings.partitions):
-            _, high = watermarks(self._consumer, topic, p)
-            start.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
-        self._consumer.assign(start)
+        self._consumer = consumer_at_end(settings, RESULTS.name(settings), f"posflow-results-{time.time_ns()}")
         self.results: dict[str, Result] = {}
         self.received: dict[str, float] = {}  # id -> time.monotonic() when read
 

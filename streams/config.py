@@ -18,6 +18,17 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def _json_env(name: str) -> dict[str, int]:
+    text = _env(name, "{}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"dedup_horizon_ms\": 3000}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"dedup_horizon_ms\": 3000}}'; got {text}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where posflow finds its parts. Ports match deploy/local/lib.sh."""
@@ -44,8 +55,7 @@ class Settings:
     # and parked chain events runs on ticks, by engine time).
     tick_s: float = field(default_factory=lambda: float(_env("POSFLOW_TICK_S", "60")))
     # Engine knobs replaced for tests and the local stack, JSON (processors.config.with_overrides).
-    engine_overrides: dict[str, int] = field(
-        default_factory=lambda: json.loads(_env("POSFLOW_ENGINE_OVERRIDES", "{}")))
+    engine_overrides: dict[str, int] = field(default_factory=lambda: _json_env("POSFLOW_ENGINE_OVERRIDES"))
     # Fault injection, for crash tests only: the worker SIGKILLs itself right after the outputs of the
     # step that applied this input id are acknowledged, before the step's states are stored.
     fault_kill_after: str = field(default_factory=lambda: _env("POSFLOW_FAULT_KILL_AFTER", ""))

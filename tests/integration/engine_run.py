@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from processors.config import default_config
 from processors.messages import Command, Result
 from processors.money import parse_signed
 from processors.wire import result_from_avro
 from schemas import CODEC
-from streams.client import CommandClient, read_ledger, read_topic, results_in
+from streams.client import CommandClient, consumer_at_end, read_ledger, read_topic, results_in
 from streams.config import Settings
 from streams.kafka import consumed, consumer_config, watermarks
 from streams.topics import INPUTS, RESULTS
@@ -95,13 +95,7 @@ class Answers:
     the first result per id only, and a resend's answer is what these tests look at)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer(consumer_config(settings, f"posflow-answers-{uuid.uuid4().hex}"))
-        topic = RESULTS.name(settings)
-        start = []
-        for p in range(settings.partitions):
-            _, high = watermarks(self._consumer, topic, p)
-            start.append(TopicPartition(topic, p, high if high >= 0 else OFFSET_END))
-        self._consumer.assign(start)
+        self._consumer = consumer_at_end(settings, RESULTS.name(settings), f"posflow-answers-{uuid.uuid4().hex}")
         self.all: list[Result] = []
 
     def mark(self) -> int:
