@@ -189,7 +189,7 @@ class BatchProcessor:
             scan: Scan = _no_scan) -> Step:
         step = Step()
         owner = self.owner
-        step.memory = Memory(lambda user, key: recall(owner(user), memory_key(user, key)))
+        step.memory = Memory(lambda user, key: recall(owner(user), memory_key(user, key)), step.floors)
         for source, value in inputs:
             if not source.replay:
                 _extend_runs(step.runs.setdefault(source.partition, []), source.topic, source.offset)

@@ -33,15 +33,20 @@ class Memory:
     them in the users table under NUL-prefixed keys (processors.batch.memory_key), in the step's changelog
     batch before the states; read through `lookup`, written here during a step.
 
-    A record counts only while the user's state includes the input that wrote it (its topic/offset at
-    or below `UserState.through`): a record stored by a step whose state was never stored (a crash
-    between the two) is ignored and written again when the input is re-applied.
+    A stored record counts only while the user's stored state includes the input that wrote it (its
+    topic/offset at or below `UserState.through` of the state as the step loaded it, `floors`): a record
+    stored by a step whose state was never stored (a crash between the two) is ignored and written again
+    when the input is re-applied. The loaded state's positions, not the state in hand: the inputs of one
+    record (a CommandBatch) share its offset, so once the first of them applied, the state in hand would
+    seem to include a record that an unstored attempt wrote for the next one (found by the crash test).
     """
 
-    __slots__ = ("_lookup", "written")
+    __slots__ = ("_floors", "_lookup", "written")
 
-    def __init__(self, lookup: Lookup = _no_lookup) -> None:
+    def __init__(self, lookup: Lookup = _no_lookup, floors: dict[str, dict[str, int]] | None = None) -> None:
         self._lookup = lookup
+        # user -> input positions of the user's stored state when the step loaded it (Step.floors)
+        self._floors: dict[str, dict[str, int]] = floors if floors is not None else {}
         # user -> key -> record written during this step, in the order written
         self.written: dict[str, dict[str, Record]] = {}
 
@@ -55,7 +60,9 @@ class Memory:
             if raw is None:
                 return None
             record = json.loads(raw)
-            if state.through.get(record[1], -1) < record[2]:
+            loaded = self._floors.get(state.user_id)
+            assert loaded is not None, f"{state.user_id}: a stored record read before the user's state was loaded"
+            if loaded.get(record[1], -1) < record[2]:
                 return None  # written by a step whose state was not stored: not applied as far as the state knows
         expires, _, _, data = record
         if expires != NEVER and expires <= now_ms:

@@ -5,6 +5,7 @@ appears with two different contents."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -45,7 +46,8 @@ def test_sigkill_during_stream_loses_and_doubles_nothing(isolated_env: dict[str,
                              tmp_path / f"w{port}.log", loglevel="info", supervise=True)
                for port in (16401, 16402)]
     rng = random.Random()
-    seed = rng.randrange(1 << 30)
+    # POSFLOW_CRASH_SEED replays the kill points of a failed run (its seed is printed)
+    seed = int(os.environ.get("POSFLOW_CRASH_SEED") or rng.randrange(1 << 30))
     rng.seed(seed)
     print(f"crash test seed {seed}")
     try:
