@@ -15,16 +15,23 @@ from processors.engine import apply
 from processors.state import UserState
 from streams.app import tune_gc
 
+STEP_INPUTS = 1000  # a worker's step: processors.agents.TAKE_MAX records (the bench's inputs are single)
+
 
 def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
     cfg = default_config()
     cmds = commands(users, rounds)
     states: dict[str, UserState] = {}
     accepted = 0
-    memory = Memory()  # the engine's memory outside the hot state, as a step holds it before storing
+    # The engine's memory outside the hot state, as a worker's step holds it: what one step wrote, until the
+    # step stores it (then the worker's Memory is dropped; the bench keeps the steps' for its byte figures).
+    steps: list[Memory] = []
     tune_gc()  # as the worker runs
     start = time.perf_counter()
     for n, cmd in enumerate(cmds):
+        if n % STEP_INPUTS == 0:
+            memory = Memory()
+            steps.append(memory)
         # engine time and position as the worker gives them: the input record's timestamp and offset
         state, outcome = apply(states.get(cmd.user_id), cmd, Context(1_700_000_000_000 + n, cfg, memory, "in", n))
         states[cmd.user_id] = state
@@ -37,14 +44,18 @@ def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
     return {"core_commands": len(cmds), "core_seconds": round(elapsed, 3),
             "core_commands_per_s": round(len(cmds) / elapsed),
             "core_compiled": processors.COMPILED or processors.NOT_COMPILED_BECAUSE,
-            **stored_bytes(states, memory, cfg)}
+            **stored_bytes(states, steps, cfg)}
 
 
-def stored_bytes(states: dict[str, UserState], memory: Memory, cfg: EngineConfig) -> dict[str, Any]:
+def stored_bytes(states: dict[str, UserState], steps: list[Memory], cfg: EngineConfig) -> dict[str, Any]:
     """What the worker stores per user after the workload: the state (its users-table value), and the engine's
     memory records (ids of applied inputs, deposits, closed orders, fills, withdrawal ids) with their keys
     and their share of the index entries that let clock ticks sweep them (processors.batch)."""
     sizes = sorted(len(state.to_bytes()) for state in states.values())
+    memory = Memory()
+    for one_step in steps:
+        for user, by_key in one_step.written.items():
+            memory.written.setdefault(user, {}).update(by_key)
     step = Step(memory=memory)
     step.runs = {0: [["in", 0, 0]]}
     memory_bytes = sum(len(key) + len(value or b"") for _, key, value in step.memory_entries(lambda u: 0,

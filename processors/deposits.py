@@ -43,7 +43,7 @@ def _recall(state: UserState, ctx: Context, deposit_id: str) -> Deposit | None:
 
 
 def _record(state: UserState, ctx: Context, deposit_id: str, deposit: Deposit) -> None:
-    ctx.remember(state, _key(deposit_id), [deposit.asset, deposit.amount, deposit.account, deposit.status], NEVER)
+    ctx.remember(state, _key(deposit_id), (deposit.asset, deposit.amount, deposit.account, deposit.status), NEVER)
     state.legacy_deposits.pop(deposit_id, None)
 
 

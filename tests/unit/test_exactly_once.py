@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from processors.batch import BatchProcessor, Source
 from processors.config import default_config
@@ -90,6 +91,20 @@ def test_the_same_id_with_another_body_is_id_reused() -> None:
     state, out = apply(state, transfer("t1", "1"), ctx(CFG))
     assert out.result == first.result and out.lines == (), "a resend long after: its first answer, nothing applied"
 
+
+def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
+    """Memory records written before the digest changed (blake2b of the items' repr) keep working."""
+    state = opened()
+    state, first = apply(state, transfer("t1", "1"), ctx(CFG))
+    state.applied.clear()
+    expires, topic, offset, data = Engine.memory.written["u"]["i/user/t1"]
+    assert data[1].startswith("x")
+    legacy = hashlib.blake2b(repr(sorted(transfer("t1", "1").body.items())).encode(), digest_size=8).hexdigest()
+    Engine.memory.written["u"]["i/user/t1"] = (expires, topic, offset, (data[0], legacy, *data[2:]))
+    state, out = apply(state, transfer("t1", "1"), ctx(CFG))
+    assert out.result == first.result and out.lines == ()
+    state, out = apply(state, transfer("t1", "2"), ctx(CFG))
+    assert out.result.reason == "ID_REUSED"
 
 def test_a_deposit_before_its_account_waits_and_is_credited_on_opening() -> None:
     dep = deposit("0xearly", "700", user="late")
