@@ -10,6 +10,7 @@ like any other); the position is the record's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -25,6 +26,21 @@ NEVER: Final = 0  # a memory record that does not expire
 # again, a fifth of the core's time; the collector stops tracking a tuple of atoms the first time it sees it.
 Record = tuple[int, str, int, Any]
 Lookup = Callable[[str, str], bytes | None]  # (user, key) -> the stored record, or None
+
+
+_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def to_json(value: Any) -> bytes:
+    """Compact JSON, exact. orjson first (several times faster); amounts in minor units pass 64 bits (100 ETH
+    is 10**20 wei), which orjson refuses, so those go through the json module. Read back with `json.loads`:
+    orjson.loads would turn such an integer into a float. Via text: orjson's bytes come cut from a 1 KB
+    buffer outside Python's small-object allocator, and a step holding thousands of them until the write is
+    acknowledged paid 2.5 µs each (0.3 µs so)."""
+    try:
+        return orjson.dumps(value).decode().encode()
+    except TypeError:
+        return _JSON.encode(value).encode()
 
 
 def _no_lookup(user: str, key: str) -> bytes | None:
@@ -59,16 +75,17 @@ class Memory:
         mine = self.written.get(state.user_id)
         if mine is not None and key in mine:
             record = mine[key]  # written by this step, to the very state in hand
+            expires, data = record[0], record[3]
         else:
             raw = self._lookup(state.user_id, key)
             if raw is None:
                 return None
-            record = orjson.loads(raw)
+            stored: list[Any] = json.loads(raw)  # a list, not a Record: the compiled core checks the difference
             loaded = self._floors.get(state.user_id)
             assert loaded is not None, f"{state.user_id}: a stored record read before the user's state was loaded"
-            if loaded.get(record[1], -1) < record[2]:
+            if loaded.get(stored[1], -1) < stored[2]:
                 return None  # written by a step whose state was not stored: not applied as far as the state knows
-        expires, _, _, data = record
+            expires, data = stored[0], stored[3]
         if expires != NEVER and expires <= now_ms:
             return None
         return data

@@ -16,6 +16,7 @@ remembered: the same input sent again once it can apply (funds arrived, the acco
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Final
 
 import orjson
@@ -182,7 +183,11 @@ def _digest(cmd: Command) -> str:
     (`_legacy_digest`), which memory records written before still hold. Not collision-resistant against
     a deliberate search, and need not be: a user's ids are deduplicated among that user's own inputs, so
     a crafted collision can only make the user's own second input count as a resend of their first."""
-    return "x" + xxhash.xxh3_64_hexdigest(orjson.dumps(cmd.body, option=orjson.OPT_SORT_KEYS))
+    try:
+        canonical = orjson.dumps(cmd.body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer past 64 bits (Avro's long cannot carry one; an in-process caller might)
+        canonical = json.dumps(cmd.body, sort_keys=True, separators=(",", ":")).encode()
+    return "x" + xxhash.xxh3_64_hexdigest(canonical)
 
 
 def _legacy_digest(cmd: Command) -> str:

@@ -3,39 +3,26 @@
 Faust sends one changelog record per `table[key] = value` through its Python producer, and the crash
 test showed its local RocksDB write can land before (and without) the changelog record. This writer
 sends a whole step's entries with librdkafka, waits for Kafka's acknowledgement, and only then writes
-them to the local store the way Faust's own recovery does (`apply_changelog_batch`): one RocksDB write
-batch per partition, atomic, with the persisted changelog offset, so Faust's recovery and standby
-replicas read it unchanged.
+them to the local store the way Faust's own recovery does (its RocksDB store's `apply_changelog_batch`):
+one RocksDB write batch per partition, atomic, here with the persisted changelog offset inside it, so
+Faust's recovery and standby replicas read it unchanged. Written directly rather than through
+`apply_changelog_batch`, which wants an event object per entry (a tenth of a step in the profile).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from confluent_kafka import KafkaError, Producer
-from faust.types import TP
+from rocksdict import WriteBatch
 
 from streams.config import Settings
 from streams.kafka import producer_config
 from streams.output import DeliveryFailed
 
 Entry = tuple[int, bytes, bytes | None]  # partition, key, value (None: a tombstone, the key is deleted)
-
-
-class _Message(NamedTuple):
-    """What the store's apply_changelog_batch reads of a changelog event's message."""
-
-    tp: TP
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes | None
-
-
-class _Event(NamedTuple):
-    message: _Message
 
 
 class ChangelogWriter:
@@ -67,7 +54,17 @@ class ChangelogWriter:
         left = await asyncio.to_thread(self._producer.flush, 60.0)
         if left or errors:
             raise DeliveryFailed(f"changelog: {left} unsent, errors {errors[:3]}")
-        tps = {partition: TP(topic, partition) for partition in acked}
-        events = [_Event(_Message(tps[partition], partition, acked[partition], key, value))
-                  for partition, key, value in entries]
-        self._table.data.apply_changelog_batch(events, to_key=None, to_value=None)
+        store = self._table.data
+        batches: dict[int, WriteBatch] = {}
+        for partition, key, value in entries:
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for partition, batch in batches.items():
+            # the persisted offset in the same atomic batch (Faust's own apply_changelog_batch writes it after)
+            batch.put(store.offset_key, str(acked[partition]).encode())
+            store._db_for_partition(partition).write(batch)

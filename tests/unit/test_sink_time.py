@@ -180,3 +180,21 @@ def test_an_insert_spanning_many_months_lands_in_one_try(chdb_store: ChdbStore) 
         timer.cancel()
     assert lander.counters.retries == 0 and lander.counters.reconnects == 0
     assert chdb_store.query("SELECT uniqExact(toYYYYMM(ts)) FROM ledger_lines").scalar() == 150
+
+
+def test_a_command_squatting_a_deposit_id_keeps_both_result_rows(chdb_store: ChdbStore) -> None:
+    """A user's Transfer under the id of their coming deposit and the deposit itself are two inputs (two
+    sources): both answers stay in `results` (migration 0005 keys it by kind too), and a resend of either
+    still lands as one row."""
+    lander = Lander(SETTINGS, chdb_store, Counters(), threading.Event())
+    squat = result("ethereum:0xabc:0", 1)
+    deposit = {**result("ethereum:0xabc:0", 2), "kind": "DepositConfirmed"}
+    items = []
+    for offset, batch in enumerate([[squat], [deposit], [deposit]]):
+        item = Item(RESULTS.name(SETTINGS), 0, offset, b"u1", result_batch(f"rb{offset}", batch), b"")
+        item.payload = lander.prepare(item)
+        items.append(item)
+    assert lander.land(items) == []
+    rows = chdb_store.query("SELECT kind, input_kind, ts_ms FROM results FINAL WHERE id = 'ethereum:0xabc:0' "
+                            "ORDER BY kind").rows
+    assert rows == [("DepositConfirmed", "DepositConfirmed", 2), ("Transfer", "Transfer", 1)]
