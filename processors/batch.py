@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.config import EngineConfig
-from processors.context import NEVER, Context, Memory, to_json
+from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
 from processors.messages import Command, LedgerLine, Outcome, Result, build
 from processors.reasons import Reason
-from processors.state import UserState
+from processors.state import UserState, to_json
 from processors.wire import (
     command_from_avro,
     dead_letter_to_avro,

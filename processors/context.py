@@ -14,8 +14,6 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-import orjson
-
 from processors.config import EngineConfig
 from processors.state import UserState
 
@@ -26,21 +24,6 @@ NEVER: Final = 0  # a memory record that does not expire
 # again, a fifth of the core's time; the collector stops tracking a tuple of atoms the first time it sees it.
 Record = tuple[int, str, int, Any]
 Lookup = Callable[[str, str], bytes | None]  # (user, key) -> the stored record, or None
-
-
-_JSON: Final = json.JSONEncoder(separators=(",", ":"))
-
-
-def to_json(value: Any) -> bytes:
-    """Compact JSON, exact. orjson first (several times faster); amounts in minor units pass 64 bits (100 ETH
-    is 10**20 wei), which orjson refuses, so those go through the json module. Read back with `json.loads`:
-    orjson.loads would turn such an integer into a float. Via text: orjson's bytes come cut from a 1 KB
-    buffer outside Python's small-object allocator, and a step holding thousands of them until the write is
-    acknowledged paid 2.5 µs each (0.3 µs so)."""
-    try:
-        return orjson.dumps(value).decode().encode()
-    except TypeError:
-        return _JSON.encode(value).encode()
 
 
 def _no_lookup(user: str, key: str) -> bytes | None:

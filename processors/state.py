@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
+
 from processors.messages import Result
 
 # positions in a balance triple
@@ -28,6 +30,18 @@ AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
 DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+
+
+def to_json(value: Any) -> bytes:
+    """Compact JSON, exact. orjson first (several times faster); amounts in minor units pass 64 bits (100 ETH
+    is 10**20 wei), which orjson refuses, so those go through the json module. Read back with `json.loads`:
+    orjson.loads would turn such an integer into a float. Via text: orjson's bytes come cut from a 1 KB
+    buffer outside Python's small-object allocator, and a step holding thousands of them until the write is
+    acknowledged paid 2.5 µs each (0.3 µs so)."""
+    try:
+        return orjson.dumps(value).decode().encode()
+    except TypeError:
+        return _JSON.encode(value).encode()
 OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
@@ -174,7 +188,10 @@ class UserState:
             if text is None:
                 text = texts[key] = _JSON.encode(result)  # Results are tuples: JSON arrays as they are
             window.append(text)
-        head = _JSON.encode(doc)
+        try:
+            head = orjson.dumps(doc).decode()
+        except TypeError:  # an amount past 64 bits: see to_json
+            head = _JSON.encode(doc)
         assert head[-1] == "}"
         return f'{head[:-1]},"applied":[{",".join(window)}]}}'.encode()
 

@@ -1,4 +1,4 @@
-"""The engine's memory records survive the store exactly: amounts in minor units pass 64 bits (100 ETH is
+"""The engine's memory records and states survive the store exactly: amounts in minor units pass 64 bits (100 ETH is
 10**20 wei), which a fast JSON library refuses to write and reads back as a float."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def test_a_100_eth_deposit_is_stored_and_reversed_to_the_wei() -> None:
     assert results(first)[dep.id]["status"] == "ACCEPTED"
     stored = json.loads(part.store.data[f"\x00m/{USER}\x00d/{dep.id}".encode()])
     assert stored[3][1] == WEI_100_ETH and isinstance(stored[3][1], int)
+    credited = part.store.load(USER, 0)
+    assert credited is not None and credited.balances[("spot", "ETH")][0] == WEI_100_ETH, "the state too"
 
     # a later step reads the record back from the store (not from the step that wrote it)
     revert = command(DepositReverted, "ethereum:0xbig:0/reverted", USER, deposit_id=dep.id, reason="reorg")
