@@ -13,7 +13,7 @@ from processors.config import EngineConfig, default_config
 from processors.context import Context, Memory
 from processors.engine import apply
 from processors.state import UserState
-from streams.app import tune_gc
+from streams.app import collector_paused, tune_gc
 
 STEP_INPUTS = 1000  # a worker's step: processors.agents.TAKE_MAX records (the bench's inputs are single)
 
@@ -28,14 +28,17 @@ def run(users: int = 10_000, rounds: int = 8) -> dict[str, Any]:
     steps: list[Memory] = []
     tune_gc()  # as the worker runs
     start = time.perf_counter()
-    for n, cmd in enumerate(cmds):
-        if n % STEP_INPUTS == 0:
-            memory = Memory()
-            steps.append(memory)
-        # engine time and position as the worker gives them: the input record's timestamp and offset
-        state, outcome = apply(states.get(cmd.user_id), cmd, Context(1_700_000_000_000 + n, cfg, memory, "in", n))
-        states[cmd.user_id] = state
-        accepted += outcome.result.status == "ACCEPTED"
+    for first in range(0, len(cmds), STEP_INPUTS):
+        memory = Memory()
+        steps.append(memory)
+        with collector_paused():  # as a worker's step runs
+            for n in range(first, min(first + STEP_INPUTS, len(cmds))):
+                cmd = cmds[n]
+                # engine time and position as the worker gives them: the input record's timestamp and offset
+                ctx = Context(1_700_000_000_000 + n, cfg, memory, "in", n)
+                state, outcome = apply(states.get(cmd.user_id), cmd, ctx)
+                states[cmd.user_id] = state
+                accepted += outcome.result.status == "ACCEPTED"
     elapsed = time.perf_counter() - start
     assert accepted == len(cmds), f"{len(cmds) - accepted} commands refused in a workload meant to be valid"
     want = expected_balances(rounds)

@@ -46,6 +46,7 @@ from processors.money import format_amount
 from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
+from streams.app import collector_paused
 from streams.changelog import ChangelogWriter
 from streams.config import Settings
 from streams.kafka import consumer_config, read_range, watermarks
@@ -312,11 +313,12 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         await finish_interrupted(events)
         t0 = time.perf_counter()
         marked, reached = in_order(events)
-        done = processor.run(
-            ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                     round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
-            load, recall, scan,
-        )
+        with collector_paused():
+            done = processor.run(
+                ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
+                         round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
+                load, recall, scan,
+            )
         counters.process_s += time.perf_counter() - t0
         await commit(done, reached, journaled=False)
         counters.steps += 1
