@@ -313,12 +313,11 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         await finish_interrupted(events)
         t0 = time.perf_counter()
         marked, reached = in_order(events)
-        with collector_paused():
-            done = processor.run(
-                ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
-                         round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
-                load, recall, scan,
-            )
+        done = processor.run(
+            ((Source(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key,
+                     round(ev.message.timestamp * 1000), replay), ev.message.value) for ev, replay in marked),
+            load, recall, scan,
+        )
         counters.process_s += time.perf_counter() - t0
         await commit(done, reached, journaled=False)
         counters.steps += 1
@@ -330,7 +329,8 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
         async for events in stream.take_events(TAKE_MAX, within=TAKE_WITHIN_S):
             counters.idle_s += time.perf_counter() - idle_from
             for chunk in _by_size(events, STEP_BYTES):
-                await step(chunk)
+                with collector_paused():
+                    await step(chunk)
             idle_from = time.perf_counter()
 
     stalled: dict[tuple[str, int], tuple[int, float]] = {}

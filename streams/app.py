@@ -30,10 +30,13 @@ def tune_gc() -> None:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No cyclic collection inside a step's synchronous part (no other task runs there). The step's decoded
-    records, states and outputs all outlive a young collection until the step ends, so a collection in the
-    middle traverses them and promotes them for older collections to traverse again; once the step is
-    done they are freed by reference counting, and the collection owed runs at the next allocation."""
+    """No cyclic collection during a worker's step, from its first input to its stored states (the other
+    tasks of the process run in its awaits; at most one step's worth of cyclic garbage waits). The step's
+    decoded records, states and outputs all outlive a young collection until the step is stored, so a
+    collection in the middle traverses them and promotes them for older collections to traverse again;
+    once the step is done they are freed by reference counting, and the collection owed runs at the next
+    allocation over what is left (a profile of the e2e bench: 9% of a step in collections when they ran
+    at the end of the step's apply, before its outputs were sent)."""
     gc.disable()
     try:
         yield
