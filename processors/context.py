@@ -74,7 +74,10 @@ class Memory:
         return data
 
     def put(self, user: str, key: str, record: Record) -> None:
-        self.written.setdefault(user, {})[key] = record
+        mine = self.written.get(user)
+        if mine is None:  # not setdefault: that builds an empty dict on every call
+            mine = self.written[user] = {}
+        mine[key] = record
 
     def forget(self, user: str) -> None:
         """Drop what this step wrote for `user` (the step re-applies that user's inputs)."""

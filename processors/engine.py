@@ -65,11 +65,12 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     if not cmd.source:
         cmd = cmd._replace(source=source)  # in-process callers may leave it out: handlers name it in entry ids
     key = input_key(source, cmd.id)
+    remembered = "i/" + key
     digest = ""
     if not spec.by_record:
         prior = state.applied.get(key)
         digest = _digest(cmd)
-        known = ctx.recall(state, "i/" + key)
+        known = ctx.recall(state, remembered)
         if prior is not None:
             if prior.kind != cmd.kind or (known is not None and not _same_body(known[1], digest, cmd)):
                 return _refused(cmd, _reused(cmd, prior.kind))
@@ -95,7 +96,7 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
     if not spec.by_record:
         state.remember(key, result, ctx.cfg.applied_window)
-        ctx.remember(state, "i/" + key, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
+        ctx.remember(state, remembered, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
     return build(Outcome, (result, lines, applied.events, expired))
 
 
