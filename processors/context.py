@@ -19,10 +19,11 @@ from processors.state import UserState
 
 NEVER: Final = 0  # a memory record that does not expire
 # One memory record, stored as JSON: [expires at (engine ms, 0: never), topic, offset of the input that wrote
-# it, data]. A step holds the records it writes as tuples, their data too (tuples of atoms): a step's records
-# live until it stores them, and as lists they were containers the garbage collector traversed again and
-# again, a fifth of the core's time; the collector stops tracking a tuple of atoms the first time it sees it.
-Record = tuple[int, str, int, Any]
+# it, data, the record it replaced as the writing step's state included it (or null)]. Written as the first
+# four; Memory.put adds the fifth. A step holds the records it writes as tuples, their data too (tuples of
+# atoms): a step's records live until it stores them, and as lists they were containers the garbage collector
+# traversed again and again, a fifth of the core's time; it stops tracking a tuple of atoms on first sight.
+Record = tuple[Any, ...]
 Lookup = Callable[[str, str], bytes | None]  # (user, key) -> the stored record, or None
 
 
@@ -42,14 +43,22 @@ class Memory:
     when the input is re-applied. The loaded state's positions, not the state in hand: the inputs of one
     record (a CommandBatch) share its offset, so once the first of them applied, the state in hand would
     seem to include a record that an unstored attempt wrote for the next one (found by the crash test).
+
+    A record also carries the record it replaced, as the loaded state included it (its `prior`): a step
+    that rewrites a key (a deposit credited, then reverted) and is interrupted after its memory records
+    were stored but before its states leaves the new record above the state's positions, and the
+    re-application must see the one the state holds, not none (found by an adversarial review: the
+    reversal was refused UNKNOWN_DEPOSIT on re-application after its ledger lines had gone out).
     """
 
-    __slots__ = ("_floors", "_lookup", "written")
+    __slots__ = ("_base", "_floors", "_lookup", "written")
 
     def __init__(self, lookup: Lookup = _no_lookup, floors: dict[str, dict[str, int]] | None = None) -> None:
         self._lookup = lookup
         # user -> input positions of the user's stored state when the step loaded it (Step.floors)
         self._floors: dict[str, dict[str, int]] = floors if floors is not None else {}
+        # user -> key -> the stored record the loaded state includes ([expires, topic, offset, data]), or None
+        self._base: dict[str, dict[str, list[Any] | None]] = {}
         # user -> key -> record written during this step, in the order written
         self.written: dict[str, dict[str, Record]] = {}
 
@@ -60,24 +69,40 @@ class Memory:
             record = mine[key]  # written by this step, to the very state in hand
             expires, data = record[0], record[3]
         else:
-            raw = self._lookup(state.user_id, key)
-            if raw is None:
+            base = self._included(state.user_id, key)
+            if base is None:
                 return None
-            stored: list[Any] = json.loads(raw)  # a list, not a Record: the compiled core checks the difference
-            loaded = self._floors.get(state.user_id)
-            assert loaded is not None, f"{state.user_id}: a stored record read before the user's state was loaded"
-            if loaded.get(stored[1], -1) < stored[2]:
-                return None  # written by a step whose state was not stored: not applied as far as the state knows
-            expires, data = stored[0], stored[3]
+            expires, data = base[0], base[3]
         if expires != NEVER and expires <= now_ms:
             return None
         return data
+
+    def _included(self, user: str, key: str) -> list[Any] | None:
+        """The stored record under `key` that the user's state as loaded includes: the stored one if the
+        state holds the input that wrote it, else the one that record replaced if the state holds that."""
+        known = self._base.get(user)
+        if known is None:
+            known = self._base[user] = {}
+        elif key in known:
+            return known[key]
+        found: list[Any] | None = None
+        raw = self._lookup(user, key)
+        if raw is not None:
+            stored: list[Any] = json.loads(raw)  # a list, not a Record: the compiled core checks the difference
+            loaded = self._floors.get(user)
+            assert loaded is not None, f"{user}: a stored record read before the user's state was loaded"
+            if loaded.get(stored[1], -1) >= stored[2]:
+                found = stored[:4]
+            elif len(stored) > 4 and stored[4] is not None and loaded.get(stored[4][1], -1) >= stored[4][2]:
+                found = stored[4]  # written by a step whose state was not stored: what it replaced
+        known[key] = found
+        return found
 
     def put(self, user: str, key: str, record: Record) -> None:
         mine = self.written.get(user)
         if mine is None:  # not setdefault: that builds an empty dict on every call
             mine = self.written[user] = {}
-        mine[key] = record
+        mine[key] = (record[0], record[1], record[2], record[3], self._included(user, key))
 
     def forget(self, user: str) -> None:
         """Drop what this step wrote for `user` (the step re-applies that user's inputs)."""

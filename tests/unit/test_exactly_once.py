@@ -97,10 +97,10 @@ def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
     state = opened()
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
     state.applied.clear()
-    expires, topic, offset, data = Engine.memory.written["u"]["i/user/t1"]
+    expires, topic, offset, data, prior = Engine.memory.written["u"]["i/user/t1"]
     assert data[1].startswith("x")
     legacy = hashlib.blake2b(repr(sorted(transfer("t1", "1").body.items())).encode(), digest_size=8).hexdigest()
-    Engine.memory.written["u"]["i/user/t1"] = (expires, topic, offset, (data[0], legacy, *data[2:]))
+    Engine.memory.written["u"]["i/user/t1"] = (expires, topic, offset, (data[0], legacy, *data[2:]), prior)
     state, out = apply(state, transfer("t1", "1"), ctx(CFG))
     assert out.result == first.result and out.lines == ()
     state, out = apply(state, transfer("t1", "2"), ctx(CFG))

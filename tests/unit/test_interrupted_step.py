@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from processors.batch import BatchProcessor, Source, Step
 from processors.config import default_config
 from processors.inputs import command
-from processors.messages import Command, DepositConfirmed, OpenAccount, Transfer
+from processors.messages import Command, DepositConfirmed, DepositReverted, OpenAccount, Transfer
 from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
@@ -141,3 +141,28 @@ def test_reapplying_the_journal_gives_the_same_outputs_over_any_stored_subset(
     assert {u: UserState.from_bytes(b) for u, b in crashed.items() if not u.startswith("\x00")} == \
         {u: UserState.from_bytes(b) for u, b in reference.items() if not u.startswith("\x00")}
 
+
+
+def test_a_rewritten_record_the_stored_state_holds_survives_an_interrupted_rewrite() -> None:
+    """A deposit is credited and stored; its reversal is applied, its outputs go out and its memory records
+    are stored, but not its state. Re-applied, the reversal must see the credited deposit the stored state
+    holds (the stored record now says "reverted", written by the unstored attempt) and answer as before."""
+    user = USERS[0]
+    log = Log()
+    stored: dict[str, bytes] = {}
+    store(run([log.append(*record(COMMANDS, 0, user, 0))], stored), stored)
+    deposit_id = "ethereum:0x0001:0"
+    store(run([log.append(*record(CHAIN, 1, user, 1))], stored), stored)
+    revert = command(DepositReverted, "ethereum:0x0001:0/reverted", user, deposit_id=deposit_id, reason="reorg")
+    step = [log.append(CHAIN, encoded(revert))]
+    reference = dict(stored)
+    first = run(step, reference)
+    store(first, reference)
+    assert outputs(first)[f"result:{revert.id}"]["status"] == "ACCEPTED"
+
+    crashed = dict(stored)
+    store(run(step, dict(stored)), crashed, users=[])  # memory records stored, the state not
+    again = run(log.read(first.runs[P]), crashed)
+    assert outputs(again) == outputs(first), "the re-applied reversal answers as the first time"
+    store(again, crashed)
+    assert UserState.from_bytes(crashed[user]) == UserState.from_bytes(reference[user])
