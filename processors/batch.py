@@ -259,6 +259,7 @@ class BatchProcessor:
             return
         held = step.states.get(cmd.user_id)
         state = held[1] if held is not None else self._load(step, cmd.user_id, partition, load)
+        stored = state is not None
         floor = step.floors[cmd.user_id].get(source.topic)
         if floor is not None and source.offset <= floor:
             # Stored by an interrupted step, whose outputs were sent before any state was stored.
@@ -277,6 +278,11 @@ class BatchProcessor:
         if state.opened or state.parked or cmd.user_id in step.states:
             # A user who never opened an account is stored only while chain events wait for the account.
             step.states[cmd.user_id] = (partition, state)
+        elif stored:
+            # ... and a stored state whose waiting events this input found expired is deleted: kept, it would
+            # expire the same events again, with another PARKED_EXPIRED result, on every later input.
+            step.states[cmd.user_id] = (partition, state)
+            step.dropped.add(cmd.user_id)
         self._emit(step, partition, outcome)
 
     def _tick(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader, recall: Recall,

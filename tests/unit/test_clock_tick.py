@@ -202,3 +202,18 @@ def test_a_sweep_is_bounded_per_tick_and_goes_on_at_the_next() -> None:
         batch.INDEX_ENTRIES_MAX = saved
     assert part.step(tick(AFTER_HORIZON + 32)).swept == 14
     assert part.store.index() == []
+
+
+def test_an_expiry_found_by_a_refused_input_is_stored_once() -> None:
+    """A never-opened user's parked deposit expires when their next input arrives (refused UNKNOWN_USER):
+    the PARKED_EXPIRED result goes out once, and the state left with nothing waiting is deleted, not kept
+    to expire the same event again on every later input."""
+    part = Partition()
+    part.step(deposit(T0, "0xlost"))
+    later = T0 + CFG.parked_ttl_ms + 1
+    first = results(part.step(transfer(later, "t1")))
+    assert first["ethereum:0xlost:0"]["reason"] == "PARKED_EXPIRED"
+    assert first["t1"]["reason"] == "UNKNOWN_USER"
+    assert part.store.load(USER, P) is None, "nothing waits: no state"
+    second = results(part.step(transfer(later + 1, "t2")))
+    assert list(second) == ["t2"], "the expiry is not sent again"
