@@ -19,8 +19,8 @@ from processors.state import UserState
 
 NEVER: Final = 0  # a memory record that does not expire
 # One memory record, stored as JSON: [expires at (engine ms, 0: never), topic, offset of the input that wrote
-# it, data, the record it replaced as the writing step's state included it (or null)]. Written as the first
-# four; Memory.put adds the fifth. A step holds the records it writes as tuples, their data too (tuples of
+# it, data, the record it replaced as the writing step's state included it (or null)]. Context.remember gives
+# the first four; Memory.put adds the fifth. A step holds the records it writes as tuples, their data too (tuples of
 # atoms): a step's records live until it stores them, and as lists they were containers the garbage collector
 # traversed again and again, a fifth of the core's time; it stops tracking a tuple of atoms on first sight.
 Record = tuple[Any, ...]
@@ -98,11 +98,11 @@ class Memory:
         known[key] = found
         return found
 
-    def put(self, user: str, key: str, record: Record) -> None:
+    def put(self, user: str, key: str, expires_ms: int, topic: str, offset: int, data: Any) -> None:
         mine = self.written.get(user)
         if mine is None:  # not setdefault: that builds an empty dict on every call
             mine = self.written[user] = {}
-        mine[key] = (record[0], record[1], record[2], record[3], self._included(user, key))
+        mine[key] = (expires_ms, topic, offset, data, self._included(user, key))
 
     def forget(self, user: str) -> None:
         """Drop what this step wrote for `user` (the step re-applies that user's inputs)."""
@@ -128,7 +128,7 @@ class Context:
 
     def remember(self, state: UserState, key: str, data: Any, expires_ms: int) -> None:
         """Keep `data` (atoms, or a tuple of atoms) under `key` until engine time `expires_ms` (NEVER: for good)."""
-        self.memory.put(state.user_id, key, (expires_ms, self.topic, self.offset, data))
+        self.memory.put(state.user_id, key, expires_ms, self.topic, self.offset, data)
 
     def horizon(self) -> int:
         """Expiry of a record written now that must outlive every resend the input topics can hold."""
