@@ -385,7 +385,15 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
     class Balances(View):
         @app.table_route(table=users, match_info="user_id")  # type: ignore[arg-type]
         async def get(self, request: Request, user_id: str) -> Response:
-            raw = users.get(user_id.encode())
+            # Answered only by the worker whose consumer holds the user's partition, recovered: right after a
+            # rebalance the route can still point at a worker that holds only a standby or an old copy (the
+            # crash test once read a state one step behind the changelog that way). The caller retries.
+            partition = processor.owner(user_id)
+            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs.topics}
+            if partition not in owned or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+                return self.json({"user_id": user_id, "error": "NOT_SERVING",
+                                  "detail": f"partition {partition} is not served here now; retry"}, status=503)
+            raw: bytes | None = db(partition).get(user_id.encode())
             if raw is None:
                 return self.json({"user_id": user_id, "error": "UNKNOWN_USER"}, status=404)
             return self.json(balances_view(UserState.from_bytes(raw), cfg))

@@ -34,6 +34,10 @@ def cmd_balances(args: argparse.Namespace) -> int:
               "Start one with `posflow worker` (or `make demo`), or point --worker / POSFLOW_WORKER_URL at one.",
               file=sys.stderr)
         return 2
+    if view.get("error") == "NOT_SERVING":
+        print(f"{args.user}: {view['detail']} (a rebalance or a recovery is under way; try again in a moment)",
+              file=sys.stderr)
+        return 1
     if "error" in view:
         print(f"{args.user}: {view['error']} (no account; it is created by an OpenAccount command)", file=sys.stderr)
         return 1
