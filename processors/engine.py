@@ -6,11 +6,13 @@ the old state keep a copy (the tests do, and the worker's step reloads the store
 fails inside the core).
 
 Once, in time: an input is known by its source and id (processors.inputs). An accepted input is
-remembered twice: in the state's recent window with its result (a resend gets its first answer at once),
-and in the engine's memory for the dedup horizon (`i/<source>/<id>`, processors.context), with its
-kind, a digest of its body and its result, so a resend long after still gets the same answer and
-applies nothing, and the same id with another kind or body is refused (ID_REUSED). A refusal is never
-remembered: the same input sent again once it can apply (funds arrived, the account opened) applies.
+remembered in the state's recent window with its result and a digest of its body: a resend gets its
+first answer at once, and the same id with another kind or body is refused (ID_REUSED). For the dedup
+horizon, an input with a business key (an order id, a fill id, a withdrawal id: `Kind.once_by_key`) is
+kept from applying twice by its handler, which refuses the key again; any other input is remembered in
+the engine's memory (`i/<source>/<id>`, processors.context) with its kind, digest and result, so a resend
+long after still gets the same answer and applies nothing. A refusal is never remembered: the same input
+sent again once it can apply (funds arrived, the account opened) applies.
 """
 
 from __future__ import annotations
@@ -67,14 +69,21 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     key = input_key(source, cmd.id)
     remembered = "i/" + key
     digest = ""
+    # by its id for the dedup horizon, unless its business key keeps it from applying twice (processors.inputs)
+    by_id = not spec.by_record and (spec.once_by_key is None or not spec.once_by_key(cmd.body))
     if not spec.by_record:
-        prior = state.applied.get(key)
         digest = _digest(cmd)
-        known = ctx.recall(state, remembered)
-        if prior is not None:
-            if prior.kind != cmd.kind or (known is not None and not _same_body(known[1], digest, cmd)):
+        window = state.applied.get(key)
+        if window is not None:
+            prior, prior_digest = window
+            if not prior_digest:  # a window stored before state version 6: the digest is in the memory record
+                known = ctx.recall(state, remembered)
+                prior_digest = known[1] if known is not None else digest
+            if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, prior.kind))
             return build(Outcome, (prior, (), (), ()))
+    if by_id:
+        known = ctx.recall(state, remembered)
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
@@ -95,7 +104,8 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     flag = applied.flag.value if applied.flag is not None else None
     result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
     if not spec.by_record:
-        state.remember(key, result, ctx.cfg.applied_window)
+        state.remember(key, result, digest, ctx.cfg.applied_window)
+    if by_id:
         ctx.remember(state, remembered, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
     return build(Outcome, (result, lines, applied.events, expired))
 

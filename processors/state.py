@@ -20,11 +20,11 @@ FROZEN: Final = 1
 BORROWED: Final = 2
 # 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
-# to the engine's memory (processors.context)
-STATE_VERSION: Final = 5
+# to the engine's memory (processors.context); 6: each window entry ends with its input body's digest
+STATE_VERSION: Final = 6
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -105,9 +105,11 @@ class UserState:
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
     # [input id, client ts_ms, kind, body, engine time parked]
     parked: dict[str, list[list[Any]]] = field(default_factory=dict)
-    # input key (processors.engine.input_key: source and id) -> its result, the most recent
-    # `EngineConfig.applied_window` accepted inputs, oldest first
-    applied: dict[str, Result] = field(default_factory=dict)
+    # input key (processors.engine.input_key: source and id) -> (its result, its body's digest), the most
+    # recent `EngineConfig.applied_window` accepted inputs, oldest first. The digest tells a resend from
+    # another input under the same id; "" in a window stored before version 6, whose digests are in the
+    # inputs' memory records.
+    applied: dict[str, tuple[Result, str]] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
     # input topic -> offset of the latest record whose inputs this state includes (on the user's
     # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
@@ -134,8 +136,8 @@ class UserState:
         triple = self.balances.get((account, asset))
         return triple[AVAILABLE] if triple else 0
 
-    def remember(self, key: str, result: Result, window: int) -> None:
-        self.applied[key] = result
+    def remember(self, key: str, result: Result, digest: str, window: int) -> None:
+        self.applied[key] = (result, digest)
         while len(self.applied) > window:
             oldest = next(iter(self.applied))
             del self.applied[oldest]
@@ -188,10 +190,11 @@ class UserState:
         if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
             texts.clear()
         window = []
-        for key, result in self.applied.items():
+        for key, (result, digest) in self.applied.items():
             text = texts.get(key)
             if text is None:
-                text = texts[key] = _JSON.encode(result)  # Results are tuples: JSON arrays as they are
+                # a Result is a tuple, a JSON array as it is; the digest (hex after a letter) needs no escaping
+                text = texts[key] = f'{_JSON.encode(result)[:-1]},"{digest}"]'
             window.append(text)
         head = json_text(doc)
         assert head[-1] == "}"
@@ -203,7 +206,9 @@ class UserState:
         version = doc["v"]
         assert version in READS_VERSIONS, f"state version {version} is not one this release reads"
         user = doc["user"]
-        results = [Result(*r) for r in doc["applied"]]
+        window = doc["applied"]
+        results = [Result(*r[:8]) for r in window]
+        digests = [r[8] if version >= 6 else "" for r in window]
         # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
         keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
         parked = doc["parked"]
@@ -222,7 +227,7 @@ class UserState:
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),
-            applied=dict(zip(keys, results, strict=True)),
+            applied=dict(zip(keys, zip(results, digests, strict=True), strict=True)),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 from processors.batch import BatchProcessor, Source
 from processors.config import default_config
@@ -62,7 +63,8 @@ def test_a_fill_resent_after_10000_inputs_settles_once() -> None:
                                          dst="margin" if i % 2 else "spot"), ctx(CFG))
     btc = state.balances[("spot", "BTC")][0]
     state, again = apply(state, fill, ctx(CFG))
-    assert again.result == first.result and again.lines == (), "the same input: its first answer, nothing applied"
+    # Past the recent window a fill is known by its business key, not by its input id: refused, nothing applied
+    assert (again.result.status, again.result.reason, again.lines) == ("REJECTED", "FILL_SETTLED", ())
     replayed = fill._replace(id="f1-replayed-by-the-matching-engine")
     state, other = apply(state, replayed, ctx(CFG))
     assert (other.result.status, other.result.reason) == ("REJECTED", "FILL_SETTLED")
@@ -90,6 +92,55 @@ def test_the_same_id_with_another_body_is_id_reused() -> None:
     assert out.result.reason == "ID_REUSED"
     state, out = apply(state, transfer("t1", "1"), ctx(CFG))
     assert out.result == first.result and out.lines == (), "a resend long after: its first answer, nothing applied"
+
+
+def test_inputs_with_a_business_key_apply_once_by_it_past_the_window() -> None:
+    """An order, a fill, a whole release and a withdrawal are kept from applying twice by their business
+    keys, not by input-id memory records; within the window a resend still gets its first answer, and the
+    same id with another body is refused ID_REUSED (the window holds each input's digest)."""
+    state = opened()
+    hold = command(OrderHold, "h1", "u", order_id="o1", account="spot", asset="USDT", amount="100")
+    state, placed = apply(state, hold, ctx(CFG))
+    state, again = apply(state, hold, ctx(CFG))
+    assert again.result == placed.result and again.lines == ()
+    other_order = command(OrderHold, "h1", "u", order_id="o2", account="spot", asset="USDT", amount="100")
+    state, reused = apply(state, other_order, ctx(CFG))
+    assert (reused.result.status, reused.result.reason) == ("REJECTED", "ID_REUSED")
+    part = command(OrderRelease, "r-part", "u", order_id="o1", amount="30")
+    rest = command(OrderRelease, "r-rest", "u", order_id="o1", amount=None)
+    request = command(WithdrawalRequest, "w1-req", "u", withdrawal_id="w1", account="spot", chain="ethereum",
+                      asset="USDT", amount="20", fee="1", address="0x" + "5a" * 20)
+    for cmd in (part, rest, request):
+        state, out = apply(state, cmd, ctx(CFG))
+        assert out.result.status == "ACCEPTED", out.result
+    written = set(Engine.memory.written["u"])
+    assert "i/user/r-part" in written, "a partial release has no business key: its id is remembered"
+    assert not {"i/user/h1", "i/user/r-rest", "i/user/w1-req"} & written, "keyed inputs write no id record"
+    balances = {k: list(v) for k, v in state.balances.items()}
+    state.applied.clear()  # past the window
+    for cmd, reason in ((hold, "DUPLICATE_ORDER_ID"), (rest, "ORDER_CLOSED"), (request, "DUPLICATE_WITHDRAWAL_ID")):
+        state, out = apply(state, cmd, ctx(CFG))
+        assert (out.result.status, out.result.reason, out.lines) == ("REJECTED", reason, ()), cmd.kind
+    state, out = apply(state, part, ctx(CFG))
+    assert out.result.status == "ACCEPTED" and out.lines == (), "answered from its id record, nothing applied"
+    assert {k: list(v) for k, v in state.balances.items()} == balances
+
+
+def test_a_window_stored_before_digests_answers_from_the_memory_records() -> None:
+    """A state stored at version 5 has no digests in its window: a resend is told from another input under
+    the same id by the input's memory record, as before."""
+    state = opened()
+    state, first = apply(state, transfer("t1", "1"), ctx(CFG))
+    doc = json.loads(state.to_bytes())
+    doc["v"] = 5
+    doc["applied"] = [entry[:8] for entry in doc["applied"]]
+    old = UserState.from_bytes(json.dumps(doc).encode())
+    assert old.applied["user/t1"] == (first.result, "")
+    old, out = apply(old, transfer("t1", "2"), ctx(CFG))
+    assert out.result.reason == "ID_REUSED"
+    old, out = apply(old, transfer("t1", "1"), ctx(CFG))
+    assert out.result == first.result and out.lines == ()
+    assert UserState.from_bytes(old.to_bytes()).applied == old.applied, "stored again, with the digest it had"
 
 
 def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
