@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from processors.messages import Bucket, Command, LedgerLine, build
+from processors.messages import Bucket, Command, LedgerLine
 from processors.state import BORROWED, UserState
 
 _INDEX: Final[dict[str, int]] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
@@ -86,8 +86,8 @@ class Entry:
         if not (triple[0] or triple[1] or triple[2]):
             del state.balances[(account, asset)]  # an empty balance is no state: the ledger keeps its history
         state.seq += 1
-        self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                             state.user_id, account, bucket, asset, amount, before, after, state.seq)))
+        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                             state.user_id, account, bucket, asset, amount, before, after, state.seq))
         self.net[asset] = self.net.get(asset, 0) + amount
 
     def system(self, account: str, asset: str, amount: int) -> None:
@@ -97,8 +97,8 @@ class Entry:
         assert account in (CLEARING, FEE_REVENUE) or account.startswith(CUSTODY_PREFIX), f"{account}: no system account"
         state = self.state
         state.seq += 1
-        self.lines.append(build(LedgerLine, (state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                             SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq)))
+        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+                                             SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq))
         self.net[asset] = self.net.get(asset, 0) + amount
 
     def close(self) -> tuple[LedgerLine, ...]:

@@ -108,7 +108,8 @@ def ledger_batch_body(batch_id: str, ts_ms: int, lines: list[LedgerLine], cfg: E
     if lines:
         scales = {symbol: a.scale for symbol, a in cfg.assets.items()}
         for line in lines:
-            _, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq = line
+            _, ts, entry_id, entry_type, line_no, user_id, account, bucket, asset, amount, before, after, seq = (
+                line.fields())
             scale = scales[asset]
             _string(out, line.id)
             _long(out, ts)
