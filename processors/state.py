@@ -20,11 +20,12 @@ FROZEN: Final = 1
 BORROWED: Final = 2
 # 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
-# to the engine's memory (processors.context); 6: each window entry ends with its input body's digest
-STATE_VERSION: Final = 6
+# to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
+# 7: a window entry holds what its key and the state do not (`_window_entry`)
+STATE_VERSION: Final = 7
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5, 6})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -193,8 +194,8 @@ class UserState:
         for key, (result, digest) in self.applied.items():
             text = texts.get(key)
             if text is None:
-                # a Result is a tuple, a JSON array as it is; the digest (hex after a letter) needs no escaping
-                text = texts[key] = f'{_JSON.encode(result)[:-1]},"{digest}"]'
+                assert key.partition("/")[2] == result.id, f"{key}: the window's key names another input"
+                text = texts[key] = _window_entry(result, digest)
             window.append(text)
         head = json_text(doc)
         assert head[-1] == "}"
@@ -207,10 +208,16 @@ class UserState:
         assert version in READS_VERSIONS, f"state version {version} is not one this release reads"
         user = doc["user"]
         window = doc["applied"]
-        results = [Result(*r[:8]) for r in window]
-        digests = [r[8] if version >= 6 else "" for r in window]
-        # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
-        keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
+        if version >= 7:
+            keys = doc["keys"]
+            results = [Result(key.partition("/")[2], ts_ms, user, kind, "ACCEPTED", reason, detail, lines)
+                       for key, (ts_ms, kind, reason, detail, lines, _) in zip(keys, window, strict=True)]
+            digests = [entry[5] for entry in window]
+        else:
+            results = [Result(*r[:8]) for r in window]
+            digests = [r[8] if version >= 6 else "" for r in window]
+            # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
+            keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
         parked = doc["parked"]
         if version < 5:
             parked = {wid: [[*entry, 0] for entry in entries] for wid, entries in parked.items()}
@@ -229,6 +236,14 @@ class UserState:
             through=doc.get("through", {}),
             applied=dict(zip(keys, zip(results, digests, strict=True), strict=True)),
         )
+
+
+def _window_entry(result: Result, digest: str) -> str:
+    """A window entry as stored: what its key (source and id) and the state (the user) do not say, and not the
+    status, which is ACCEPTED (a refusal is never remembered). Half the bytes of the whole result, and the
+    window is most of a state's bytes, which every step that touches the user writes again."""
+    assert result.status == "ACCEPTED", f"{result.id}: only accepted inputs are remembered"
+    return json_text((result.ts_ms, result.kind, result.reason, result.detail, result.ledger_lines, digest))
 
 
 def _legacy_key(result: Result) -> str:

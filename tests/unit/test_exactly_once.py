@@ -133,7 +133,7 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
     doc = json.loads(state.to_bytes())
     doc["v"] = 5
-    doc["applied"] = [entry[:8] for entry in doc["applied"]]
+    doc["applied"] = [list(result) for result, _ in state.applied.values()]  # whole results, no digests
     old = UserState.from_bytes(json.dumps(doc).encode())
     assert old.applied["user/t1"] == (first.result, "")
     old, out = apply(old, transfer("t1", "2"), ctx(CFG))
@@ -141,6 +141,9 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     old, out = apply(old, transfer("t1", "1"), ctx(CFG))
     assert out.result == first.result and out.lines == ()
     assert UserState.from_bytes(old.to_bytes()).applied == old.applied, "stored again, with the digest it had"
+    doc["v"] = 6  # whole results followed by their digests
+    doc["applied"] = [[*result, digest] for result, digest in state.applied.values()]
+    assert UserState.from_bytes(json.dumps(doc).encode()).applied == state.applied
 
 
 def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
