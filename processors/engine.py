@@ -6,13 +6,13 @@ the old state keep a copy (the tests do, and the worker's step reloads the store
 fails inside the core).
 
 Once, in time: an input is known by its source and id (processors.inputs). An accepted input is
-remembered in the state's recent window with its result and a digest of its body: a resend gets its
-first answer at once, and the same id with another kind or body is refused (ID_REUSED). For the dedup
-horizon, an input with a business key (an order id, a fill id, a withdrawal id: `Kind.once_by_key`) is
-kept from applying twice by its handler, which refuses the key again; any other input is remembered in
-the engine's memory (`i/<source>/<id>`, processors.context) with its kind, digest and result, so a resend
-long after still gets the same answer and applies nothing. A refusal is never remembered: the same input
-sent again once it can apply (funds arrived, the account opened) applies.
+remembered twice: in the state's recent window with its result and a digest of its body (a resend gets its
+first answer at once, another body under its id is refused ID_REUSED, no memory lookup needed), and in the
+engine's memory for the dedup horizon (`i/<source>/<id>`, processors.context), with its kind, digest and
+result, so a resend long after still gets the same answer and applies nothing, and the same id with
+another kind or body is refused (ID_REUSED). Business keys (order, fill and withdrawal ids) hold besides.
+A refusal is never remembered: the same input sent again once it can apply (funds arrived, the account
+opened) applies.
 """
 
 from __future__ import annotations
@@ -69,8 +69,6 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     key = input_key(source, cmd.id)
     remembered = "i/" + key
     digest = ""
-    # by its id for the dedup horizon, unless its business key keeps it from applying twice (processors.inputs)
-    by_id = not spec.by_record and (spec.once_by_key is None or not spec.once_by_key(cmd.body))
     if not spec.by_record:
         digest = _digest(cmd)
         window = state.applied.get(key)
@@ -82,7 +80,6 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, prior.kind))
             return build(Outcome, (prior, (), (), ()))
-    if by_id:
         known = ctx.recall(state, remembered)
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
@@ -105,7 +102,6 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
     if not spec.by_record:
         state.remember(key, result, digest, ctx.cfg.applied_window)
-    if by_id:
         ctx.remember(state, remembered, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
     return build(Outcome, (result, lines, applied.events, expired))
 

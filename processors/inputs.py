@@ -61,12 +61,6 @@ class Kind:
     # Deduplicated by the state of what it reports (a deposit's record), not by its input id: a deposit
     # reverted by a reorganization and re-included later comes back with the same id and is credited again.
     by_record: bool = False
-    # Applied once by its business key, for at least the dedup horizon: its handler refuses it again (an
-    # order id, a fill id, a withdrawal id, the account itself). Its input id is then kept in the recent
-    # window only, not in the engine's memory: a resend after the window gets the key's refusal
-    # (DUPLICATE_ORDER_ID, FILL_SETTLED, ORDER_CLOSED, ...) and applies nothing. A predicate of the body:
-    # releasing a part of a hold has no such key (the order stays open), releasing the rest closes it.
-    once_by_key: Callable[[Mapping[str, Any]], bool] | None = None
     # An input for a whole partition, not for one user (a clock tick): the step handles it
     # (processors.batch), and one that names a user is refused by the core.
     per_partition: bool = False
@@ -87,18 +81,13 @@ class Kind:
         return self.source == CHAIN
 
 
-def _always(body: Mapping[str, Any]) -> bool:
-    return True
-
-
 KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
-    Kind(OpenAccount, USER, accounts.open_account, once_by_key=_always),  # USER_EXISTS
-    Kind(OrderHold, USER, orders.hold, blocked_when_frozen=True, once_by_key=_always),  # DUPLICATE_ORDER_ID
-    Kind(OrderRelease, USER, orders.release, once_by_key=orders.closes),  # ORDER_CLOSED
-    Kind(FillSettle, USER, orders.fill, once_by_key=_always),  # FILL_SETTLED, ORDER_CLOSED
+    Kind(OpenAccount, USER, accounts.open_account),
+    Kind(OrderHold, USER, orders.hold, blocked_when_frozen=True),
+    Kind(OrderRelease, USER, orders.release),
+    Kind(FillSettle, USER, orders.fill),
     Kind(Transfer, USER, accounts.transfer, blocked_when_frozen=True),
-    Kind(WithdrawalRequest, USER, withdrawals.request, blocked_when_frozen=True,
-         once_by_key=_always),  # DUPLICATE_WITHDRAWAL_ID
+    Kind(WithdrawalRequest, USER, withdrawals.request, blocked_when_frozen=True),
     Kind(WithdrawalCancel, USER, withdrawals.cancel),
     Kind(WithdrawalApprove, OPERATOR, withdrawals.approve, blocked_when_frozen=True),
     Kind(AccountUnfreeze, OPERATOR, accounts.unfreeze),

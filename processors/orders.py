@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from processors import checks
 from processors.applied import Applied
 from processors.context import Context
@@ -55,11 +52,6 @@ def _reduce(state: UserState, ctx: Context, order_id: str, held: Hold, amount: i
     if held.remaining == 0:
         del state.holds[order_id]
         ctx.remember(state, _closed(order_id), 1, ctx.horizon())
-
-
-def closes(body: Mapping[str, Any]) -> bool:
-    """A release of all that is left on the hold: the order closes (processors.inputs, once_by_key)."""
-    return body.get("amount") is None
 
 
 def release(state: UserState, cmd: Command, ctx: Context) -> Applied:

@@ -218,6 +218,10 @@ class UserState:
             digests = [r[8] if version >= 6 else "" for r in window]
             # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
             keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
+            # Older windows also held refusals, which are no longer remembered (and `_window_entry` stores
+            # accepted inputs only): dropped, so a refused input sent again applies once it can.
+            kept = [i for i, r in enumerate(results) if r.status == "ACCEPTED"]
+            results, digests, keys = [results[i] for i in kept], [digests[i] for i in kept], [keys[i] for i in kept]
         parked = doc["parked"]
         if version < 5:
             parked = {wid: [[*entry, 0] for entry in entries] for wid, entries in parked.items()}
