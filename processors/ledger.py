@@ -87,7 +87,7 @@ class Entry:
             del state.balances[(account, asset)]  # an empty balance is no state: the ledger keeps its history
         state.seq += 1
         self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                             state.user_id, account, bucket, asset, amount, before, after, state.seq))
+                                     state.user_id, account, bucket, asset, amount, before, after, state.seq))
         self.net[asset] = self.net.get(asset, 0) + amount
 
     def system(self, account: str, asset: str, amount: int) -> None:
@@ -98,7 +98,7 @@ class Entry:
         state = self.state
         state.seq += 1
         self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
-                                             SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq))
+                                     SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq))
         self.net[asset] = self.net.get(asset, 0) + amount
 
     def close(self) -> tuple[LedgerLine, ...]:

@@ -43,7 +43,7 @@ def test_ticks_sweep_expired_memory_records_from_the_store_and_the_changelog(
         client, answers = CommandClient(settings), Answers(settings)
         for u in users:
             open_funded(client, answers, u, "100")
-        # transfers have no business key: their ids are what the engine remembers until the horizon
+        # every accepted input's id is remembered until the horizon; transfers' ids are the ones checked here
         accepted(send(client, answers, [transfer(f"move-{u}", u, "1") for u in users]))
         stats = worker.wait_until("/stats/", lambda s: s["swept"] >= len(users), timeout=90)
         assert stats["ticks"] >= settings.partitions and stats["quarantined"] == 0
