@@ -18,7 +18,7 @@ from processors.config import EngineConfig
 from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
-from processors.messages import Command, LedgerLine, Outcome, Result, build
+from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.reasons import Reason
 from processors.state import UserState, to_json
 from processors.wire import (
@@ -364,9 +364,9 @@ class BatchProcessor:
         if state is not None:
             step.states[user] = (partition, state)
         error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
-        result = build(Result, (cmd.id, cmd.ts_ms, user, cmd.kind, "REJECTED", Reason.INTERNAL_ERROR.value,
-                                "the engine failed on this input; it was quarantined to the dead-letter topic", 0))
-        self._emit(step, partition, build(Outcome, (result, (), (), ())))
+        result = Result(cmd.id, cmd.ts_ms, user, cmd.kind, "REJECTED", Reason.INTERNAL_ERROR.value,
+                        "the engine failed on this input; it was quarantined to the dead-letter topic", 0)
+        self._emit(step, partition, Outcome(result))
         self._dead_letter(step, source, value, f"input {cmd.id} of {user}: {error}")
 
     @staticmethod

@@ -28,7 +28,7 @@ from processors import checks
 from processors.applied import Applied
 from processors.context import Context
 from processors.inputs import KINDS, USER, Kind
-from processors.messages import Command, LedgerLine, Outcome, Result, build
+from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import UserState, input_key
@@ -79,31 +79,30 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
                 prior_digest = known[1] if known is not None else digest
             if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, prior.kind))
-            return build(Outcome, (prior, (), (), ()))
+            return Outcome(prior)
         known = ctx.recall(state, remembered)
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, kind))
-            return build(Outcome, (Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, lines),
-                                          (), (), ()))
+            return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, lines))
     expired = _expire_parked(state, ctx) if state.parked else ()
     seq_before = state.seq
     try:
         applied = _handle(state, cmd, ctx, spec)
     except Rejected as refused:
         assert state.seq == seq_before, f"{cmd.id} refused after writing ledger lines"
-        return build(Outcome, (_refused(cmd, refused).result, (), (), expired))
+        return Outcome(_refused(cmd, refused).result, (), (), expired)
     lines = applied.lines
     assert state.seq == seq_before + len(lines), "every line advances the user's sequence once"
     if applied.flag is Reason.PARKED:
         _mark_parked_due(state, ctx)
     flag = applied.flag.value if applied.flag is not None else None
-    result = build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines)))
+    result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines))
     if not spec.by_record:
         state.remember(key, result, digest, ctx.cfg.applied_window)
         ctx.remember(state, remembered, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
-    return build(Outcome, (result, lines, applied.events, expired))
+    return Outcome(result, lines, applied.events, expired)
 
 
 def _handle(state: UserState, cmd: Command, ctx: Context, spec: Kind) -> Applied:
@@ -176,8 +175,8 @@ def _expire_parked(state: UserState, ctx: Context) -> tuple[Result, ...]:
 
 
 def _refused(cmd: Command, refused: Rejected) -> Outcome:
-    return build(Outcome, (build(Result, (cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED",
-                                          refused.reason.value, refused.detail, 0)), (), (), ()))
+    return Outcome(Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", refused.reason.value,
+                          refused.detail, 0))
 
 
 def _reused(cmd: Command, kind: str) -> Rejected:

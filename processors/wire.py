@@ -133,16 +133,16 @@ def result_batch_body(batch_id: str, ts_ms: int, results: list[Result]) -> bytes
     """The Avro body (no single-object header) of a ResultBatch holding `results`."""
     out = _batch_start(batch_id, ts_ms, len(results))
     if results:
-        for rid, ts, user_id, kind, status, reason, detail, ledger_lines in results:
-            _string(out, rid)
-            _long(out, ts)
+        for r in results:
+            _string(out, r.id)
+            _long(out, r.ts_ms)
             out.append(SCHEMA_VERSION << 1)
-            _string(out, user_id)
-            _string(out, kind)
-            out.append(_STATUS[status])
-            _optional(out, reason)
-            _string(out, detail)
-            _long(out, ledger_lines)
+            _string(out, r.user_id)
+            _string(out, r.kind)
+            out.append(_STATUS[r.status])
+            _optional(out, r.reason)
+            _string(out, r.detail)
+            _long(out, r.ledger_lines)
     out.append(0)
     return bytes(out)
 
