@@ -98,11 +98,14 @@ class Memory:
         known[key] = found
         return found
 
-    def put(self, user: str, key: str, expires_ms: int, topic: str, offset: int, data: Any) -> None:
+    def put(self, user: str, key: str, expires_ms: int, topic: str, offset: int, data: Any,
+            fresh: bool = False) -> None:
+        """`fresh`: the user's loaded state never needs a record under `key` it includes (it holds the fact
+        itself), so the record replaced need not be read to be kept as `prior`."""
         mine = self.written.get(user)
         if mine is None:  # not setdefault: that builds an empty dict on every call
             mine = self.written[user] = {}
-        mine[key] = (expires_ms, topic, offset, data, self._included(user, key))
+        mine[key] = (expires_ms, topic, offset, data, None if fresh else self._included(user, key))
 
     def forget(self, user: str) -> None:
         """Drop what this step wrote for `user` (the step re-applies that user's inputs)."""
@@ -126,9 +129,10 @@ class Context:
     def recall(self, state: UserState, key: str) -> Any:
         return self.memory.get(state, key, self.now_ms)
 
-    def remember(self, state: UserState, key: str, data: Any, expires_ms: int) -> None:
-        """Keep `data` (atoms, or a tuple of atoms) under `key` until engine time `expires_ms` (NEVER: for good)."""
-        self.memory.put(state.user_id, key, expires_ms, self.topic, self.offset, data)
+    def remember(self, state: UserState, key: str, data: Any, expires_ms: int, fresh: bool = False) -> None:
+        """Keep `data` (atoms, or a tuple of atoms) under `key` until engine time `expires_ms` (NEVER: for good).
+        `fresh`: see Memory.put."""
+        self.memory.put(state.user_id, key, expires_ms, self.topic, self.offset, data, fresh)
 
     def horizon(self) -> int:
         """Expiry of a record written now that must outlive every resend the input topics can hold."""

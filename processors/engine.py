@@ -6,13 +6,15 @@ the old state keep a copy (the tests do, and the worker's step reloads the store
 fails inside the core).
 
 Once, in time: an input is known by its source and id (processors.inputs). An accepted input is
-remembered twice: in the state's recent window with its result and a digest of its body (a resend gets its
-first answer at once, another body under its id is refused ID_REUSED, no memory lookup needed), and in the
-engine's memory for the dedup horizon (`i/<source>/<id>`, processors.context), with its kind, digest and
-result, so a resend long after still gets the same answer and applies nothing, and the same id with
-another kind or body is refused (ID_REUSED). Business keys (order, fill and withdrawal ids) hold besides.
-A refusal is never remembered: the same input sent again once it can apply (funds arrived, the account
-opened) applies.
+remembered in the state's recent window with its result and a digest of its body: a resend gets its first
+answer at once, another body under its id is refused ID_REUSED. When the full window lets it go, it is
+remembered in the engine's memory for the dedup horizon from then (`i/<source>/<id>`, processors.context)
+with its kind, digest and result, so a resend long after still gets the same answer and applies nothing,
+and the same id with another kind or body is refused. An id the window does not know is looked up there
+only while the state's `memory_until` says the memory may hold one of the user's inputs: most users never
+fill their window within a horizon, and their inputs cost no memory record and no lookup. Business keys
+(order, fill and withdrawal ids) hold besides. A refusal is never remembered: the same input sent again
+once it can apply (funds arrived, the account opened) applies.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from processors.inputs import KINDS, USER, Kind
 from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.money import Rejected
 from processors.reasons import Reason
-from processors.state import UserState, input_key
+from processors.state import MEMORY_UNKNOWN, UserState, input_key
 from processors.withdrawals import park
 
 _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the account to open
@@ -80,7 +82,11 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, prior.kind))
             return Outcome(prior)
-        known = ctx.recall(state, remembered)
+        if state.memory_until == MEMORY_UNKNOWN:
+            # Stored before version 8, when every input was remembered in the memory as it applied: the last of
+            # those expires within a horizon of now (twice that: engine time is several brokers' clocks).
+            state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
+        known = ctx.recall(state, remembered) if ctx.now_ms < state.memory_until else None
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
@@ -100,9 +106,24 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     flag = applied.flag.value if applied.flag is not None else None
     result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines))
     if not spec.by_record:
-        state.remember(key, result, digest, ctx.cfg.applied_window)
-        ctx.remember(state, remembered, (cmd.kind, digest, cmd.ts_ms, flag, applied.detail, len(lines)), ctx.horizon())
+        let_go = state.remember(key, result, digest, ctx.cfg.applied_window)
+        if let_go is not None:
+            _remember_past_window(state, ctx, let_go)
     return Outcome(result, lines, applied.events, expired)
+
+
+def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, Result, str]]) -> None:
+    """Inputs the window let go, into the engine's memory until a horizon from now: at least a horizon from
+    when they applied (later is safe). Fresh: while the loaded state holds an entry in its window it never
+    needs the entry's record, so the record it replaces need not be read (a read per input in the worker)."""
+    until = ctx.horizon()
+    for key, r, digest in entries:
+        if digest:  # "": a window entry stored before version 6, whose record was written when it applied
+            ctx.remember(state, "i/" + key, (r.kind, digest, r.ts_ms, r.reason, r.detail, r.ledger_lines), until,
+                         fresh=True)
+    if until > state.memory_until:
+        state.memory_until = until
+
 
 
 def _handle(state: UserState, cmd: Command, ctx: Context, spec: Kind) -> Applied:

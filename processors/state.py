@@ -21,15 +21,16 @@ BORROWED: Final = 2
 # 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
-# 7: a window entry holds what its key and the state do not (`_window_entry`)
-STATE_VERSION: Final = 7
+# 7: a window entry holds what its key and the state do not (`_window_entry`); 8: `memory_until`
+STATE_VERSION: Final = 8
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
 DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
+MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 8
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
 
@@ -112,6 +113,11 @@ class UserState:
     # inputs' memory records.
     applied: dict[str, tuple[Result, str]] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
+    # Engine time until which the engine's memory may hold records of this user's accepted inputs: those the
+    # window let go (processors.engine). Before it, an id the window does not know is looked up there; from
+    # then on there is nothing to find. MEMORY_UNKNOWN in a state stored before version 8, when every accepted
+    # input was remembered there at once: the core sets it on the user's next input.
+    memory_until: int = 0
     # input topic -> offset of the latest record whose inputs this state includes (on the user's
     # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
     # crash that stored some of a step's states and not others, re-applying the step skips them here.
@@ -137,12 +143,24 @@ class UserState:
         triple = self.balances.get((account, asset))
         return triple[AVAILABLE] if triple else 0
 
-    def remember(self, key: str, result: Result, digest: str, window: int) -> None:
-        self.applied[key] = (result, digest)
-        while len(self.applied) > window:
+    def remember(self, key: str, result: Result, digest: str, window: int) -> list[tuple[str, Result, str]] | None:
+        """Into the window; returns the entries it lets go to stay within `window`, oldest first (None: none)."""
+        applied = self.applied
+        applied[key] = (result, digest)
+        if len(applied) <= window:
+            return None
+        return self.let_go(len(applied) - window)
+
+    def let_go(self, count: int) -> list[tuple[str, Result, str]]:
+        """The `count` oldest window entries, out of the window."""
+        assert 0 <= count <= len(self.applied)
+        out = []
+        for _ in range(count):
             oldest = next(iter(self.applied))
-            del self.applied[oldest]
+            result, digest = self.applied.pop(oldest)
             self.applied_json.pop(oldest, None)
+            out.append((oldest, result, digest))
+        return out
 
     def prune_withdrawals(self, keep_closed: int) -> None:
         """Finished withdrawals are history (the ledger keeps it); keep the newest few for duplicate ids."""
@@ -183,6 +201,7 @@ class UserState:
             },
             "parked": self.parked,
             "through": self.through,
+            "mu": self.memory_until,
             "keys": list(self.applied),
         }
         if self.legacy_deposits:
@@ -238,6 +257,7 @@ class UserState:
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),
+            memory_until=doc["mu"] if version >= 8 else MEMORY_UNKNOWN,
             applied=dict(zip(keys, zip(results, digests, strict=True), strict=True)),
         )
 

@@ -1,7 +1,8 @@
 """Clock ticks against the real broker and worker: the worker writes a tick to each partition it owns, the
 ticks are applied like any input, and the engine's memory records are deleted from RocksDB and from the
 changelog (tombstones, so a worker recovering from the changelog does not bring them back) once they
-expire by engine time. The worker runs with a dedup horizon of seconds (POSFLOW_ENGINE_OVERRIDES)."""
+expire by engine time. The worker runs with a dedup horizon of seconds and a window of one input
+(POSFLOW_ENGINE_OVERRIDES)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.integration.engine_run import Answers, accepted, open_funded, send, t
 pytestmark = pytest.mark.integration
 
 HORIZON_MS = 3000
-OVERRIDES = {"dedup_horizon_ms": HORIZON_MS, "sweep_period_ms": 1000, "sweep_grace_ms": 1000}
+# A window of one input: an accepted input's id goes to the engine's memory when the window lets it go
+OVERRIDES = {"dedup_horizon_ms": HORIZON_MS, "sweep_period_ms": 1000, "sweep_grace_ms": 1000, "applied_window": 1}
 
 
 def _free_port() -> int:
@@ -43,8 +45,10 @@ def test_ticks_sweep_expired_memory_records_from_the_store_and_the_changelog(
         client, answers = CommandClient(settings), Answers(settings)
         for u in users:
             open_funded(client, answers, u, "100")
-        # every accepted input's id is remembered until the horizon; transfers' ids are the ones checked here
+        # every accepted input's id is remembered until the horizon, in the memory once the window lets it go;
+        # the first transfers' ids are the ones checked here
         accepted(send(client, answers, [transfer(f"move-{u}", u, "1") for u in users]))
+        accepted(send(client, answers, [transfer(f"push-{u}", u, "1") for u in users]))
         stats = worker.wait_until("/stats/", lambda s: s["swept"] >= len(users), timeout=90)
         assert stats["ticks"] >= settings.partitions and stats["quarantined"] == 0
 

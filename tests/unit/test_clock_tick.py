@@ -7,11 +7,12 @@ entries applied in the order the worker writes them (deletions, index entries, m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from processors.batch import BatchProcessor, Source, Step
-from processors.config import DAY_MS, default_config
+from processors.config import DAY_MS, EngineConfig, default_config
 from processors.inputs import command
 from processors.messages import ClockTick, Command, DepositConfirmed, OpenAccount, Transfer, WithdrawalConfirmed
 from processors.state import UserState
@@ -19,6 +20,8 @@ from streams.topics import RESULTS
 from tests.unit.test_batch import PARTITIONS, SOURCES, batched, encoded, user_on
 
 CFG = default_config()
+# Every accepted input's id goes to the engine's memory as it applies (with a window, when the window lets it go)
+NO_WINDOW = dataclasses.replace(CFG, applied_window=0)
 P = 2
 USER = user_on(P)
 SYSTEM = "t.system"
@@ -63,10 +66,10 @@ class Store:
 class Partition:
     """Partition P's input topics, with broker timestamps."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: EngineConfig = CFG) -> None:
         self.store = Store()
         self.offsets: dict[str, int] = {}
-        self.processor = BatchProcessor(CFG, PARTITIONS, {**SOURCES, SYSTEM: "system"})
+        self.processor = BatchProcessor(cfg, PARTITIONS, {**SOURCES, SYSTEM: "system"})
 
     def step(self, *inputs: tuple[str, int, Command]) -> Step:
         sources = []
@@ -107,7 +110,7 @@ def results(step: Step) -> dict[str, dict[str, Any]]:
 
 
 def test_a_tick_deletes_the_input_ids_that_expired_and_keeps_what_lasts() -> None:
-    part = Partition()
+    part = Partition(NO_WINDOW)
     part.step(open_account(T0), deposit(T0, "0x01"),
               *(transfer(T0 + i, f"t{i}") for i in range(5)))
     ids = {k for k in part.store.memory() if "\x00i/" in k}
@@ -186,7 +189,7 @@ def test_a_tick_for_another_partition_is_dead_lettered_and_a_user_cannot_send_on
 
 
 def test_a_sweep_is_bounded_per_tick_and_goes_on_at_the_next() -> None:
-    part = Partition()
+    part = Partition(NO_WINDOW)
     users = [u for u in (f"user{i}" for i in range(5000)) if part.processor.owner(u) == P][:30]
     for n, user in enumerate(users):  # one index entry per step
         part.step(open_account(T0 + n, f"open-{user}", user))

@@ -25,7 +25,7 @@ from processors.messages import (
     WithdrawalFailed,
     WithdrawalRequest,
 )
-from processors.state import UserState
+from processors.state import MEMORY_UNKNOWN, UserState
 from streams.topics import RESULTS
 from tests.unit.core import Engine, ctx
 from tests.unit.test_batch import PARTITIONS, SOURCES, batched, encoded, user_on
@@ -48,6 +48,15 @@ def opened(user: str = "u") -> UserState:
 
 def transfer(cmd_id: str, amount: str = "1", src: str = "spot", dst: str = "margin") -> Command:
     return command(Transfer, cmd_id, "u", asset="USDT", amount=amount, from_account=src, to_account=dst)
+
+
+def past_window(state: UserState) -> UserState:
+    """Every input the window holds let go into the engine's memory, as a full window lets go its oldest: one
+    more input under a window of none."""
+    state, out = apply(state, transfer(f"filler-{len(state.applied)}-{state.seq}"),
+                       ctx(dataclasses.replace(CFG, applied_window=0)))
+    assert out.result.status == "ACCEPTED" and not state.applied and state.memory_until > Engine.now_ms
+    return state
 
 
 def test_a_fill_resent_after_10000_inputs_settles_once() -> None:
@@ -86,7 +95,7 @@ def test_the_same_id_with_another_body_is_id_reused() -> None:
     assert (out.result.status, out.result.reason) == ("REJECTED", "ID_REUSED")
     state, out = apply(state, command(OrderRelease, "t1", "u", order_id="o", amount=None), ctx(CFG))
     assert out.result.reason == "ID_REUSED"
-    state.applied.clear()  # beyond the state's window: the engine's memory still knows it
+    state = past_window(state)  # the engine's memory knows it
     state, out = apply(state, transfer("t1", "2"), ctx(CFG))
     assert out.result.reason == "ID_REUSED"
     state, out = apply(state, transfer("t1", "1"), ctx(CFG))
@@ -103,8 +112,8 @@ def test_a_keyed_input_resent_past_the_window_gets_its_first_answer() -> None:
                       asset="USDT", amount="20", fee="1", address="0x" + "5a" * 20)
     state, first = apply(state, request, ctx(CFG))
     assert first.result.status == "ACCEPTED"
+    state = past_window(state)
     balances = {k: list(v) for k, v in state.balances.items()}
-    state.applied.clear()  # past the window
     state, again = apply(state, request, ctx(CFG))
     assert again.result == first.result and again.lines == () and again.events == ()
     regenerated = command(WithdrawalRequest, "req-1", "u", withdrawal_id="w2", account="spot", chain="ethereum",
@@ -134,11 +143,15 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     the same id by the input's memory record, as before."""
     state = opened()
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
+    # before version 8 every accepted input was remembered in the engine's memory as it applied
+    result, digest = state.applied["user/t1"]
+    ctx(CFG).remember(state, "i/user/t1", (result.kind, digest, result.ts_ms, result.reason, result.detail,
+                                           result.ledger_lines), ctx(CFG).horizon())
     doc = json.loads(state.to_bytes())
     doc["v"] = 5
     doc["applied"] = [list(result) for result, _ in state.applied.values()]  # whole results, no digests
     old = UserState.from_bytes(json.dumps(doc).encode())
-    assert old.applied["user/t1"] == (first.result, "")
+    assert old.applied["user/t1"] == (first.result, "") and old.memory_until == MEMORY_UNKNOWN
     old, out = apply(old, transfer("t1", "2"), ctx(CFG))
     assert out.result.reason == "ID_REUSED"
     old, out = apply(old, transfer("t1", "1"), ctx(CFG))
@@ -153,7 +166,7 @@ def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
     """Memory records written before the digest changed (blake2b of the items' repr) keep working."""
     state = opened()
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
-    state.applied.clear()
+    state = past_window(state)
     expires, topic, offset, data, prior = Engine.memory.written["u"]["i/user/t1"]
     assert data[1].startswith("x")
     legacy = hashlib.blake2b(repr(sorted(transfer("t1", "1").body.items())).encode(), digest_size=8).hexdigest()
