@@ -82,11 +82,8 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, prior.kind))
             return Outcome(prior)
-        if state.memory_until == MEMORY_UNKNOWN:
-            # Stored before version 8, when every input was remembered in the memory as it applied: the last of
-            # those expires within a horizon of now (twice that: engine time is several brokers' clocks).
-            state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
-        known = ctx.recall(state, remembered) if ctx.now_ms < state.memory_until else None
+        until = state.memory_until
+        known = ctx.recall(state, remembered) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, lines = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
@@ -106,6 +103,11 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     flag = applied.flag.value if applied.flag is not None else None
     result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines))
     if not spec.by_record:
+        if state.memory_until == MEMORY_UNKNOWN:
+            # Stored before version 8, when every input was remembered in the memory as it applied: the last of
+            # those expires within a horizon of now (twice that: engine time is several brokers' clocks). Set
+            # once accepted: a refusal leaves the state as it was.
+            state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
         let_go = state.remember(key, result, digest, ctx.cfg.applied_window)
         if let_go is not None:
             _remember_past_window(state, ctx, let_go)

@@ -153,9 +153,12 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     old = UserState.from_bytes(json.dumps(doc).encode())
     assert old.applied["user/t1"] == (first.result, "") and old.memory_until == MEMORY_UNKNOWN
     old, out = apply(old, transfer("t1", "2"), ctx(CFG))
-    assert out.result.reason == "ID_REUSED"
+    assert out.result.reason == "ID_REUSED" and old.memory_until == MEMORY_UNKNOWN, "a refusal changes nothing"
     old, out = apply(old, transfer("t1", "1"), ctx(CFG))
     assert out.result == first.result and out.lines == ()
+    old, out = apply(old, transfer("t2", "1"), ctx(CFG))
+    # the records written as inputs applied, before version 8, are looked up for two horizons from now on
+    assert out.result.status == "ACCEPTED" and old.memory_until == Engine.now_ms + 2 * CFG.dedup_horizon_ms
     assert UserState.from_bytes(old.to_bytes()).applied == old.applied, "stored again, with the digest it had"
     doc["v"] = 6  # whole results followed by their digests
     doc["applied"] = [[*result, digest] for result, digest in state.applied.values()]
