@@ -33,7 +33,7 @@ from processors.inputs import KINDS, USER, Kind
 from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.money import Rejected
 from processors.reasons import Reason
-from processors.state import MEMORY_UNKNOWN, UserState, input_key
+from processors.state import MEMORY_UNKNOWN, Accepted, UserState, input_key
 from processors.withdrawals import park
 
 _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the account to open
@@ -69,26 +69,25 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     if not cmd.source:
         cmd = cmd._replace(source=source)  # in-process callers may leave it out: handlers name it in entry ids
     key = input_key(source, cmd.id)
-    remembered = "i/" + key
     digest = ""
     if not spec.by_record:
         digest = _digest(cmd)
         window = state.applied.get(key)
         if window is not None:
-            prior, prior_digest = window
+            ts_ms, kind, reason, detail, count, prior_digest = window
             if not prior_digest:  # a window stored before state version 6: the digest is in the memory record
-                known = ctx.recall(state, remembered)
+                known = ctx.recall(state, "i/" + key)
                 prior_digest = known[1] if known is not None else digest
-            if prior.kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
-                return _refused(cmd, _reused(cmd, prior.kind))
-            return Outcome(prior)
+            if kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
+                return _refused(cmd, _reused(cmd, kind))
+            return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, count))
         until = state.memory_until
-        known = ctx.recall(state, remembered) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
+        known = ctx.recall(state, "i/" + key) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
         if known is not None:
-            kind, known_digest, ts_ms, reason, detail, lines = known
+            kind, known_digest, ts_ms, reason, detail, count = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, kind))
-            return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, lines))
+            return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, count))
     expired = _expire_parked(state, ctx) if state.parked else ()
     seq_before = state.seq
     try:
@@ -108,21 +107,21 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             # those expires within a horizon of now (twice that: engine time is several brokers' clocks). Set
             # once accepted: a refusal leaves the state as it was.
             state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
-        let_go = state.remember(key, result, digest, ctx.cfg.applied_window)
+        let_go = state.remember(key, (cmd.ts_ms, cmd.kind, flag, applied.detail, len(lines), digest),
+                                ctx.cfg.applied_window)
         if let_go is not None:
             _remember_past_window(state, ctx, let_go)
     return Outcome(result, lines, applied.events, expired)
 
 
-def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, Result, str]]) -> None:
+def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, Accepted]]) -> None:
     """Inputs the window let go, into the engine's memory until a horizon from now: at least a horizon from
     when they applied (later is safe). Fresh: while the loaded state holds an entry in its window it never
     needs the entry's record, so the record it replaces need not be read (a read per input in the worker)."""
     until = ctx.horizon()
-    for key, r, digest in entries:
+    for key, (ts_ms, kind, reason, detail, count, digest) in entries:
         if digest:  # "": a window entry stored before version 6, whose record was written when it applied
-            ctx.remember(state, "i/" + key, (r.kind, digest, r.ts_ms, r.reason, r.detail, r.ledger_lines), until,
-                         fresh=True)
+            ctx.remember(state, "i/" + key, (kind, digest, ts_ms, reason, detail, count), until, fresh=True)
     if until > state.memory_until:
         state.memory_until = until
 

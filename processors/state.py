@@ -30,6 +30,12 @@ READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8})
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
 DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
+# A window entry: what an accepted input's result says besides its id and user (the entry's key and the state
+# say those) and its status (ACCEPTED: a refusal is never remembered), then its body's digest, which tells a
+# resend from another input under the same id ("" in a window stored before version 6: the digest is in the
+# input's memory record). (client ts_ms, kind, reason, detail, ledger lines, digest), stored as it is: a
+# tuple of atoms, which the garbage collector stops tracking on first sight (a state keeps 64).
+Accepted = tuple[int, str, str | None, str, int, str]
 MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 8
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
@@ -107,11 +113,9 @@ class UserState:
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
     # [input id, client ts_ms, kind, body, engine time parked]
     parked: dict[str, list[list[Any]]] = field(default_factory=dict)
-    # input key (processors.engine.input_key: source and id) -> (its result, its body's digest), the most
-    # recent `EngineConfig.applied_window` accepted inputs, oldest first. The digest tells a resend from
-    # another input under the same id; "" in a window stored before version 6, whose digests are in the
-    # inputs' memory records.
-    applied: dict[str, tuple[Result, str]] = field(default_factory=dict)
+    # input key (processors.engine.input_key: source and id) -> its Accepted entry, the most recent
+    # `EngineConfig.applied_window` accepted inputs, oldest first.
+    applied: dict[str, Accepted] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
     # Engine time until which the engine's memory may hold records of this user's accepted inputs: those the
     # window let go (processors.engine). Before it, an id the window does not know is looked up there; from
@@ -122,7 +126,7 @@ class UserState:
     # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
     # crash that stored some of a step's states and not others, re-applying the step skips them here.
     through: dict[str, int] = field(default_factory=dict)
-    # input id -> the JSON text of its result in `applied`: a result never changes, so storing the state
+    # input key -> the JSON text of its entry in `applied`: an entry never changes, so storing the state
     # after a step encodes only the new ones (the window is most of the stored bytes). Not state itself.
     applied_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -143,23 +147,22 @@ class UserState:
         triple = self.balances.get((account, asset))
         return triple[AVAILABLE] if triple else 0
 
-    def remember(self, key: str, result: Result, digest: str, window: int) -> list[tuple[str, Result, str]] | None:
+    def remember(self, key: str, entry: Accepted, window: int) -> list[tuple[str, Accepted]] | None:
         """Into the window; returns the entries it lets go to stay within `window`, oldest first (None: none)."""
         applied = self.applied
-        applied[key] = (result, digest)
+        applied[key] = entry
         if len(applied) <= window:
             return None
         return self.let_go(len(applied) - window)
 
-    def let_go(self, count: int) -> list[tuple[str, Result, str]]:
+    def let_go(self, count: int) -> list[tuple[str, Accepted]]:
         """The `count` oldest window entries, out of the window."""
         assert 0 <= count <= len(self.applied)
         out = []
         for _ in range(count):
             oldest = next(iter(self.applied))
-            result, digest = self.applied.pop(oldest)
+            out.append((oldest, self.applied.pop(oldest)))
             self.applied_json.pop(oldest, None)
-            out.append((oldest, result, digest))
         return out
 
     def prune_withdrawals(self, keep_closed: int) -> None:
@@ -210,11 +213,10 @@ class UserState:
         if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
             texts.clear()
         window = []
-        for key, (result, digest) in self.applied.items():
+        for key, entry in self.applied.items():
             text = texts.get(key)
             if text is None:
-                assert key.partition("/")[2] == result.id, f"{key}: the window's key names another input"
-                text = texts[key] = _window_entry(result, digest)
+                text = texts[key] = json_text(entry)
             window.append(text)
         head = json_text(doc)
         assert head[-1] == "}"
@@ -229,18 +231,22 @@ class UserState:
         window = doc["applied"]
         if version >= 7:
             keys = doc["keys"]
-            results = [Result(key.partition("/")[2], ts_ms, user, kind, "ACCEPTED", reason, detail, lines)
-                       for key, (ts_ms, kind, reason, detail, lines, _) in zip(keys, window, strict=True)]
-            digests = [entry[5] for entry in window]
+            entries: list[Accepted] = [tuple(entry) for entry in window]
+            assert all(len(entry) == 6 for entry in entries), "a window entry has six fields"
         else:
+            # whole results, then (from version 6) the body's digest; "" before: the digest is in the memory record
             results = [Result(*r[:8]) for r in window]
-            digests = [r[8] if version >= 6 else "" for r in window]
             # before version 5 the window was keyed by the input id alone, which was a user's or the chain's
             keys = doc["keys"] if version >= 5 else [_legacy_key(r) for r in results]
-            # Older windows also held refusals, which are no longer remembered (and `_window_entry` stores
-            # accepted inputs only): dropped, so a refused input sent again applies once it can.
-            kept = [i for i, r in enumerate(results) if r.status == "ACCEPTED"]
-            results, digests, keys = [results[i] for i in kept], [digests[i] for i in kept], [keys[i] for i in kept]
+            # Older windows also held refusals, which are no longer remembered: dropped, so a refused input sent
+            # again applies once it can.
+            entries, kept = [], []
+            for k, r, raw in zip(keys, results, window, strict=True):
+                if r.status == "ACCEPTED":
+                    kept.append(k)
+                    digest = raw[8] if version >= 6 else ""
+                    entries.append((r.ts_ms, r.kind, r.reason, r.detail, r.ledger_lines, digest))
+            keys = kept
         parked = doc["parked"]
         if version < 5:
             parked = {wid: [[*entry, 0] for entry in entries] for wid, entries in parked.items()}
@@ -258,16 +264,8 @@ class UserState:
             parked=parked,
             through=doc.get("through", {}),
             memory_until=doc["mu"] if version >= 8 else MEMORY_UNKNOWN,
-            applied=dict(zip(keys, zip(results, digests, strict=True), strict=True)),
+            applied=dict(zip(keys, entries, strict=True)),
         )
-
-
-def _window_entry(result: Result, digest: str) -> str:
-    """A window entry as stored: what its key (source and id) and the state (the user) do not say, and not the
-    status, which is ACCEPTED (a refusal is never remembered). Half the bytes of the whole result, and the
-    window is most of a state's bytes, which every step that touches the user writes again."""
-    assert result.status == "ACCEPTED", f"{result.id}: only accepted inputs are remembered"
-    return json_text((result.ts_ms, result.kind, result.reason, result.detail, result.ledger_lines, digest))
 
 
 def _legacy_key(result: Result) -> str:

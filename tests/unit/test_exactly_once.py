@@ -123,6 +123,13 @@ def test_a_keyed_input_resent_past_the_window_gets_its_first_answer() -> None:
     assert {k: list(v) for k, v in state.balances.items()} == balances
 
 
+def whole_results(state: UserState) -> list[list[object]]:
+    """The window as versions 2 to 6 stored it: whole results (id, client time, user, kind, status, reason,
+    detail, ledger lines)."""
+    return [[key.partition("/")[2], ts_ms, state.user_id, kind, "ACCEPTED", reason, detail, count]
+            for key, (ts_ms, kind, reason, detail, count, _) in state.applied.items()]
+
+
 def test_a_window_stored_with_refusals_loads_without_them() -> None:
     """Windows stored before refusals stopped being remembered held them: loaded, they are dropped (a
     state stored again holds accepted inputs only)."""
@@ -131,7 +138,7 @@ def test_a_window_stored_with_refusals_loads_without_them() -> None:
     doc = json.loads(state.to_bytes())
     doc["v"] = 5
     refused = ["t0", 1, "u", "Transfer", "REJECTED", "INSUFFICIENT_FUNDS", "", 0]
-    doc["applied"] = [refused, *(list(result) for result, _ in state.applied.values())]
+    doc["applied"] = [refused, *whole_results(state)]
     doc["keys"] = ["user/t0", *doc["keys"]]
     old = UserState.from_bytes(json.dumps(doc).encode())
     assert list(old.applied) == list(state.applied)
@@ -144,14 +151,13 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     state = opened()
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
     # before version 8 every accepted input was remembered in the engine's memory as it applied
-    result, digest = state.applied["user/t1"]
-    ctx(CFG).remember(state, "i/user/t1", (result.kind, digest, result.ts_ms, result.reason, result.detail,
-                                           result.ledger_lines), ctx(CFG).horizon())
+    ts_ms, kind, reason, detail, count, digest = state.applied["user/t1"]
+    ctx(CFG).remember(state, "i/user/t1", (kind, digest, ts_ms, reason, detail, count), ctx(CFG).horizon())
     doc = json.loads(state.to_bytes())
     doc["v"] = 5
-    doc["applied"] = [list(result) for result, _ in state.applied.values()]  # whole results, no digests
+    doc["applied"] = whole_results(state)  # no digests
     old = UserState.from_bytes(json.dumps(doc).encode())
-    assert old.applied["user/t1"] == (first.result, "") and old.memory_until == MEMORY_UNKNOWN
+    assert old.applied["user/t1"] == (*state.applied["user/t1"][:5], "") and old.memory_until == MEMORY_UNKNOWN
     old, out = apply(old, transfer("t1", "2"), ctx(CFG))
     assert out.result.reason == "ID_REUSED" and old.memory_until == MEMORY_UNKNOWN, "a refusal changes nothing"
     old, out = apply(old, transfer("t1", "1"), ctx(CFG))
@@ -161,7 +167,8 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     assert out.result.status == "ACCEPTED" and old.memory_until == Engine.now_ms + 2 * CFG.dedup_horizon_ms
     assert UserState.from_bytes(old.to_bytes()).applied == old.applied, "stored again, with the digest it had"
     doc["v"] = 6  # whole results followed by their digests
-    doc["applied"] = [[*result, digest] for result, digest in state.applied.values()]
+    digests = [entry[5] for entry in state.applied.values()]
+    doc["applied"] = [[*result, digest] for result, digest in zip(whole_results(state), digests, strict=True)]
     assert UserState.from_bytes(json.dumps(doc).encode()).applied == state.applied
 
 
