@@ -104,9 +104,12 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     if not spec.by_record:
         if state.memory_until == MEMORY_UNKNOWN:
             # Stored before version 8, when every input was remembered in the memory as it applied: the last of
-            # those expires within a horizon of now (twice that: engine time is several brokers' clocks). Set
-            # once accepted: a refusal leaves the state as it was.
+            # those expires within a horizon of now, and the window's inputs applied within one (twice that:
+            # engine time is several brokers' clocks). Set once accepted: a refusal leaves the state as it was.
             state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
+            state.window_ms = ctx.now_ms + ctx.cfg.dedup_horizon_ms
+        elif ctx.now_ms > state.window_ms:
+            state.window_ms = ctx.now_ms
         let_go = state.remember(key, (cmd.ts_ms, cmd.kind, flag, applied.detail, len(lines), digest),
                                 ctx.cfg.applied_window)
         if let_go is not None:
@@ -115,12 +118,16 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
 
 
 def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, Accepted]]) -> None:
-    """Inputs the window let go, into the engine's memory until a horizon from now: at least a horizon from
-    when they applied (later is safe). Fresh: while the loaded state holds an entry in its window it never
+    """Inputs the window let go, into the engine's memory until a horizon from the latest engine time of the
+    window's inputs (`window_ms`), or from now if later: at least a horizon from when each applied, whatever
+    topic the input that lets them go came from (a review found the horizon cut short when it came from a
+    topic read days behind). Fresh: while the loaded state holds an entry in its window it never
     needs the entry's record, so the record it replaces need not be read (a read per input in the worker)."""
-    until = ctx.horizon()
+    until = max(ctx.now_ms, state.window_ms) + ctx.cfg.dedup_horizon_ms
     for key, (ts_ms, kind, reason, detail, count, digest) in entries:
-        if digest:  # "": a window entry stored before version 6, whose record was written when it applied
+        # "": an entry of a window stored before version 6. From version 5 its record was written as it applied;
+        # a version 3 or 4 entry (before the memory) has none, and is forgotten past the window as it was then.
+        if digest:
             ctx.remember(state, "i/" + key, (kind, digest, ts_ms, reason, detail, count), until, fresh=True)
     if until > state.memory_until:
         state.memory_until = until

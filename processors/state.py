@@ -21,7 +21,7 @@ BORROWED: Final = 2
 # 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
-# 7: a window entry holds what its key and the state do not (`_window_entry`); 8: `memory_until`
+# 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`
 STATE_VERSION: Final = 8
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
@@ -122,6 +122,10 @@ class UserState:
     # then on there is nothing to find. MEMORY_UNKNOWN in a state stored before version 8, when every accepted
     # input was remembered there at once: the core sets it on the user's next input.
     memory_until: int = 0
+    # No input in the window applied at a later engine time than this (MEMORY_UNKNOWN in a state stored before
+    # version 8). Engine time is in order within one input topic only: the input that lets an entry go may come
+    # from a topic read behind the others, so its time says nothing of the entry's, and this does.
+    window_ms: int = 0
     # input topic -> offset of the latest record whose inputs this state includes (on the user's
     # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
     # crash that stored some of a step's states and not others, re-applying the step skips them here.
@@ -205,6 +209,7 @@ class UserState:
             "parked": self.parked,
             "through": self.through,
             "mu": self.memory_until,
+            "wm": self.window_ms,
             "keys": list(self.applied),
         }
         if self.legacy_deposits:
@@ -264,6 +269,7 @@ class UserState:
             parked=parked,
             through=doc.get("through", {}),
             memory_until=doc["mu"] if version >= 8 else MEMORY_UNKNOWN,
+            window_ms=doc["wm"] if version >= 8 else MEMORY_UNKNOWN,
             applied=dict(zip(keys, entries, strict=True)),
         )
 

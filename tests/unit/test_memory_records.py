@@ -8,7 +8,7 @@ import json
 
 from processors.config import DAY_MS
 from processors.inputs import command
-from processors.messages import DepositConfirmed, DepositReverted, WithdrawalConfirmed
+from processors.messages import DepositConfirmed, DepositReverted, WithdrawalBroadcast, WithdrawalConfirmed
 from tests.unit.test_clock_tick import CFG, T0, USER, Partition, deposit, open_account, results, tick, transfer
 
 WEI_100_ETH = 10**20
@@ -74,3 +74,26 @@ def test_a_chain_event_resent_after_its_waiting_state_was_dropped_waits_again() 
     assert results(again)["c1"]["reason"] == "PARKED"
     state = part.store.load(USER, 0)
     assert state is not None and state.parked_count() == 1
+
+
+def test_an_input_let_go_by_one_from_a_topic_read_behind_keeps_its_horizon() -> None:
+    """Engine time is in order within one topic only. A chain event from a backlog days behind the commands
+    topic lets a transfer go: the transfer's record still lasts a horizon from when it applied, so its resend
+    6.5 days later (inside the topics' 7-day retention) gets its first answer and moves nothing (found by
+    an adversarial review: the record expired a horizon from the backlog event's time)."""
+    part = Partition()
+    part.step(open_account(T0), deposit(T0, "0xfund"))
+    applied_at = T0 + 2 * DAY_MS  # the commands topic is read 2 days ahead of the chain events
+    first = results(part.step(transfer(applied_at, "y")))["y"]
+    part.step(*(transfer(applied_at, f"f{i}") for i in range(CFG.applied_window - 1)))
+    late = command(WithdrawalBroadcast, "wb-1", USER, withdrawal_id="w-unknown", tx_hash="0x" + "ab" * 32)
+    assert results(part.step(("t.chain-events", T0 + 1, late._replace(ts_ms=T0 + 1))))["wb-1"]["status"] == "ACCEPTED"
+    assert input_records(part)["user/y"][0] >= applied_at + CFG.dedup_horizon_ms
+    state = part.store.load(USER, 0)
+    assert state is not None and state.memory_until >= applied_at + CFG.dedup_horizon_ms
+    before = state.available("spot", "USDT")
+    resent_at = applied_at + 6 * DAY_MS + DAY_MS // 2
+    again = results(part.step(transfer(resent_at, "y")))["y"]
+    assert again == first, "its first answer"
+    state = part.store.load(USER, 0)
+    assert state is not None and state.available("spot", "USDT") == before, "nothing moved"
