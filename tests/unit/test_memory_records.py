@@ -5,6 +5,7 @@ the memory when the state's window lets it go, and is found there as long as it 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from processors.config import DAY_MS
 from processors.inputs import command
@@ -33,7 +34,7 @@ def test_a_100_eth_deposit_is_stored_and_reversed_to_the_wei() -> None:
     assert state is not None and ("spot", "ETH") not in state.balances, "all 10**20 wei taken back, none left"
 
 
-def input_records(part: Partition) -> dict[str, list[object]]:
+def input_records(part: Partition) -> dict[str, list[Any]]:
     return {k.split("\x00i/")[1]: v for k, v in part.store.memory().items() if "\x00i/" in k}
 
 
