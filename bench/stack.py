@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -31,10 +32,27 @@ def kafka() -> Iterator[Settings]:
 
 
 def fresh(base: Settings, label: str) -> tuple[Settings, dict[str, str]]:
-    """New topics and consumer group for one benchmark phase; returns settings and worker env."""
-    tag = f"bench-{label}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    """New topics and consumer group for one benchmark phase; returns settings and worker env. The topics
+    and worker directories of earlier phases go first: the broker keeps every partition's files open, and
+    after a few hundred phases (side-by-side runs) it ran out of file descriptors and stopped."""
+    _drop_earlier_phases(base)
+    tag = f"{BENCH_PREFIX}{label}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
     env = {"KAFKA_BOOTSTRAP": base.kafka_bootstrap, "POSFLOW_TOPIC_PREFIX": f"{tag}.", "POSFLOW_APP_ID": tag,
            "POSFLOW_HOME": str(base.home / "bench" / tag)}
     settings = Settings(kafka_bootstrap=base.kafka_bootstrap, topic_prefix=f"{tag}.", app_id=tag)
     create_all(settings)
     return settings, env
+
+
+BENCH_PREFIX = "bench-"
+
+
+def _drop_earlier_phases(base: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": base.kafka_bootstrap})
+    old = [t for t in admin.list_topics(timeout=10).topics if t.startswith(BENCH_PREFIX)]
+    if old:
+        for fut in admin.delete_topics(old, operation_timeout=60).values():
+            fut.result()
+    shutil.rmtree(base.home / "bench", ignore_errors=True)
