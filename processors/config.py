@@ -53,7 +53,7 @@ class EngineConfig:
     # from the clocks of several brokers (one per input partition's leader).
     sweep_period_ms: int = 3_600_000
     sweep_grace_ms: int = 3_600_000
-    # Caps per user: every collection a client can grow is bounded (UserState.check, state_bytes_bound).
+    # Caps per user: every collection a client can grow is bounded (UserState.check; test_caps_bound_...).
     parked_max: int = 16  # chain events waiting for their withdrawal or for the account to open
     parked_ttl_ms: int = 7 * DAY_MS  # then a parked chain event is given up, with a PARKED_EXPIRED result
     open_holds_max: int = 1000
