@@ -166,3 +166,32 @@ def test_a_rewritten_record_the_stored_state_holds_survives_an_interrupted_rewri
     assert outputs(again) == outputs(first), "the re-applied reversal answers as the first time"
     store(again, crashed)
     assert UserState.from_bytes(crashed[user]) == UserState.from_bytes(reference[user])
+
+
+def test_an_input_let_go_by_an_interrupted_step_is_still_known_to_its_resend() -> None:
+    """The window (of 2 here) lets inputs go into the engine's memory. A step that let one go stored its memory
+    records but not the state, then was re-applied from its journal: a resend of that input later gets its
+    first answer and moves nothing, and the same id with another body is refused ID_REUSED."""
+    user = USERS[0]
+    log, stored = Log(), dict[str, bytes]()
+
+    def transfer(n: int, amount: str = "1") -> tuple[Source, bytes]:
+        return log.append(COMMANDS, encoded(command(Transfer, f"t{n}", user, asset="USDT", amount=amount,
+                                                    from_account="spot", to_account="margin")))
+
+    store(run([log.append(*record(COMMANDS, 0, user, 0))], stored), stored)
+    store(run([log.append(*record(CHAIN, 1, user, 1))], stored), stored)
+    first = run([transfer(1)], stored)
+    store(first, stored)
+    answer = outputs(first)["result:t1"]
+    interrupted = run([transfer(2)], dict(stored))  # lets the opening go
+    store(interrupted, stored, users=[])  # the crash: memory records stored, the state not
+    assert any("\x00i/" in key for key in stored), "a record of an input let go was stored"
+    store(run(log.read(interrupted.runs[P]), stored), stored)  # the journal, re-applied
+    store(run([transfer(3)], stored), stored)  # lets t1 go
+    state = UserState.from_bytes(stored[user])
+    assert "user/t1" not in state.applied and state.memory_until > 0
+    again = outputs(run([transfer(1)], stored))
+    assert again == {"result:t1": answer}, "its first answer, and no ledger line"
+    other = outputs(run([transfer(1, "2")], stored))
+    assert list(other) == ["result:t1"] and other["result:t1"]["reason"] == "ID_REUSED"
