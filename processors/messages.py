@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, Literal, NamedTuple
 
 from processors import bodies
@@ -56,11 +56,29 @@ WithdrawalRef = bodies.WithdrawalRef
 WithdrawalRequest = bodies.WithdrawalRequest
 
 
-class Result:
-    """An input's answer. A plain class for the reason LedgerLine is one: the core makes one per input, and
-    compiled, a native class is built by one C call (a NamedTuple cost a tuple and a subtype copy; the core
-    ran 4.5% faster so, bench/core.py against the tree before, interleaved 3 times). Equal by value; it
-    unpacks, copies and pickles like the tuple it was."""
+class _Value:
+    """Equal, hashed and shown by value, its `fields()` in order: the core's outputs are plain classes, not
+    NamedTuples. The core makes several per input, and compiled, a native class is built by one C call where a
+    NamedTuple costs a tuple and a subtype copy (the core ran 8% faster with LedgerLine so, and 4.5% more with
+    Result and Outcome, bench/core.py against the tree before, interleaved 3 times)."""
+
+    __slots__ = ()
+
+    def fields(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Value) and type(other) is type(self) and self.fields() == other.fields()
+
+    def __hash__(self) -> int:
+        return hash(self.fields())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self.fields()!r}"
+
+
+class Result(_Value):
+    """An input's answer."""
 
     __slots__ = ("detail", "id", "kind", "ledger_lines", "reason", "status", "ts_ms", "user_id")
 
@@ -88,31 +106,13 @@ class Result:
         return (self.id, self.ts_ms, self.user_id, self.kind, self.status, self.reason, self.detail,
                 self.ledger_lines)
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.fields())
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Result) and self.fields() == other.fields()
-
-    def __hash__(self) -> int:
-        return hash(self.fields())
-
-    def __repr__(self) -> str:
-        return f"Result{self.fields()!r}"
-
-    def __reduce__(self) -> tuple[type[Result], tuple[Any, ...]]:  # copy and pickle: as the tuple it was
-        return (Result, self.fields())
 
 
-class LedgerLine:
+class LedgerLine(_Value):
     """One line; an entry's lines sum to zero per asset. `amount` is signed, in minor units.
 
     Sign convention: + adds to what the account holds. A user's `borrowed` bucket is a liability, so
     borrowing 10 is a line of -10 there and its ledger balance is -borrowed.
-
-    A plain class, not a NamedTuple: the core makes two or three per input, and
-    compiled, a native class is built by one C call where a NamedTuple costs a tuple and a subtype copy
-    (the core ran 8% faster so, measured side by side). Equal by value, as the tests compare them.
     """
 
     __slots__ = ("account", "amount", "asset", "balance_after", "balance_before", "bucket", "entry_id", "entry_type",
@@ -153,15 +153,6 @@ class LedgerLine:
         return (self.owner, self.ts_ms, self.entry_id, self.entry_type, self.line_no, self.user_id, self.account,
                 self.bucket, self.asset, self.amount, self.balance_before, self.balance_after, self.seq)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LedgerLine) and self.fields() == other.fields()
-
-    def __hash__(self) -> int:
-        return hash(self.fields())
-
-    def __repr__(self) -> str:
-        return f"LedgerLine{self.fields()!r}"
-
     @property
     def id(self) -> str:
         """Deterministic from the input: the same input always yields the same line ids."""
@@ -183,10 +174,9 @@ class WithdrawalToSign(NamedTuple):
 Event = WithdrawalToSign
 
 
-class Outcome:
+class Outcome(_Value):
     """What one input produced: its result, its ledger lines, events for other services, and the final
-    results of other inputs it decided (parked chain events given up: PARKED_EXPIRED). A native class like
-    Result, built once per input."""
+    results of other inputs it decided (parked chain events given up: PARKED_EXPIRED)."""
 
     __slots__ = ("events", "lines", "more", "result")
 
@@ -204,15 +194,3 @@ class Outcome:
 
     def fields(self) -> tuple[Result, tuple[LedgerLine, ...], tuple[Event, ...], tuple[Result, ...]]:
         return (self.result, self.lines, self.events, self.more)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Outcome) and self.fields() == other.fields()
-
-    def __hash__(self) -> int:
-        return hash(self.fields())
-
-    def __repr__(self) -> str:
-        return f"Outcome{self.fields()!r}"
-
-    def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
-        return (Outcome, self.fields())
