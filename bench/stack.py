@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from streams.config import REPO_ROOT, Settings
-from streams.topics import create_all
+from streams.topics import create_all, delete_with_prefix
 
 KAFKA_SH = str(REPO_ROOT / "deploy" / "local" / "kafka.sh")
 
@@ -31,11 +31,15 @@ def kafka() -> Iterator[Settings]:
             subprocess.run([KAFKA_SH, "stop"], check=False)
 
 
+BENCH_PREFIX = "bench-"
+
+
 def fresh(base: Settings, label: str) -> tuple[Settings, dict[str, str]]:
     """New topics and consumer group for one benchmark phase; returns settings and worker env. The topics
     and worker directories of earlier phases go first: the broker keeps every partition's files open, and
     after a few hundred phases (side-by-side runs) it ran out of file descriptors and stopped."""
-    _drop_earlier_phases(base)
+    delete_with_prefix(base, BENCH_PREFIX)
+    shutil.rmtree(base.home / "bench", ignore_errors=True)
     tag = f"{BENCH_PREFIX}{label}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
     env = {"KAFKA_BOOTSTRAP": base.kafka_bootstrap, "POSFLOW_TOPIC_PREFIX": f"{tag}.", "POSFLOW_APP_ID": tag,
            "POSFLOW_HOME": str(base.home / "bench" / tag)}
@@ -43,16 +47,3 @@ def fresh(base: Settings, label: str) -> tuple[Settings, dict[str, str]]:
     create_all(settings)
     return settings, env
 
-
-BENCH_PREFIX = "bench-"
-
-
-def _drop_earlier_phases(base: Settings) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": base.kafka_bootstrap})
-    old = [t for t in admin.list_topics(timeout=10).topics if t.startswith(BENCH_PREFIX)]
-    if old:
-        for fut in admin.delete_topics(old, operation_timeout=60).values():
-            fut.result()
-    shutil.rmtree(base.home / "bench", ignore_errors=True)

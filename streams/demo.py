@@ -43,7 +43,7 @@ from streams.client import CommandClient, ResultWatcher, read_ledger, read_topic
 from streams.config import REPO_ROOT, Settings
 from streams.partitioner import partition_for
 from streams.table import print_table
-from streams.topics import COMMANDS, DEAD_LETTER, TO_SIGN, create_all
+from streams.topics import COMMANDS, DEAD_LETTER, TO_SIGN, create_all, delete_with_prefix
 from streams.workers import WorkerProcess, sink_process
 
 ALICE_ETH = "0x" + "a1" * 20
@@ -154,17 +154,6 @@ def _ensure_stack(settings: Settings) -> None:
     subprocess.run([str(REPO_ROOT / "deploy" / "local" / "up.sh")], check=True)
 
 
-def _drop_old_demo_topics(settings: Settings, keep_prefix: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    old = [t for t in admin.list_topics(timeout=10).topics if t.startswith(DEMO_PREFIX) and
-           not t.startswith(keep_prefix)]
-    if old:
-        for fut in admin.delete_topics(old, operation_timeout=30).values():
-            fut.result()
-
-
 def main() -> int:
     base = Settings()
     _step("local stack")
@@ -176,7 +165,7 @@ def main() -> int:
     env = {"POSFLOW_TOPIC_PREFIX": prefix, "POSFLOW_APP_ID": f"posflow-demo-{run}", "POSFLOW_HOME": str(home),
            "KAFKA_BOOTSTRAP": base.kafka_bootstrap}
     settings = Settings(kafka_bootstrap=base.kafka_bootstrap, topic_prefix=prefix, app_id=env["POSFLOW_APP_ID"])
-    _drop_old_demo_topics(settings, prefix)
+    delete_with_prefix(settings, DEMO_PREFIX, keep_prefix=prefix)  # what earlier demo runs left
     create_all(settings)
     print(f"fresh topics for this run: {prefix}*  ({settings.partitions} partitions each)")
 

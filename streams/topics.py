@@ -101,6 +101,20 @@ def create_all(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, s
     return sorted(rows)
 
 
+def delete_with_prefix(settings: Settings, prefix: str, keep_prefix: str | None = None,
+                       timeout_s: float = 60.0) -> None:
+    """Delete every topic whose name starts with `prefix` but not with `keep_prefix` (what earlier demo runs or
+    benchmark phases left: a broker keeps every partition's files open)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    old = [t for t in admin.list_topics(timeout=timeout_s).topics
+           if t.startswith(prefix) and (keep_prefix is None or not t.startswith(keep_prefix))]
+    if old:
+        for future in admin.delete_topics(old, operation_timeout=timeout_s).values():
+            future.result()
+
+
 def _wait_for_leaders(admin: Any, names: list[str], timeout_s: float) -> None:
     """A new topic is usable once every partition has a leader; clients fail before that."""
     import time
