@@ -41,6 +41,8 @@ _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the ac
 # and the clock tick that sweeps it calls `tick` for the user (processors.batch), so a chain event that
 # waits for an account that never opens is given up on time, even if the user never sends anything.
 PARKED_DUE: Final = "p"
+# The engine-memory key prefix of an accepted input the window let go (+ its input key: source and id).
+INPUT_RECORD: Final = "i/"
 
 
 def apply(state: UserState | None, cmd: Command, ctx: Context) -> tuple[UserState, Outcome]:
@@ -76,13 +78,13 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
         if window is not None:
             ts_ms, kind, reason, detail, count, prior_digest = window
             if not prior_digest:  # a window stored before state version 6: the digest is in the memory record
-                known = ctx.recall(state, "i/" + key)
+                known = ctx.recall(state, INPUT_RECORD + key)
                 prior_digest = known[1] if known is not None else digest
             if kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, kind))
             return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, count))
         until = state.memory_until
-        known = ctx.recall(state, "i/" + key) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
+        known = ctx.recall(state, INPUT_RECORD + key) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, count = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
@@ -128,7 +130,7 @@ def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[st
         # "": an entry of a window stored before version 6. From version 5 its record was written as it applied;
         # a version 3 or 4 entry (before the memory) has none, and is forgotten past the window as it was then.
         if digest:
-            ctx.remember(state, "i/" + key, (kind, digest, ts_ms, reason, detail, count), until, fresh=True)
+            ctx.remember(state, INPUT_RECORD + key, (kind, digest, ts_ms, reason, detail, count), until, fresh=True)
     if until > state.memory_until:
         state.memory_until = until
 
