@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from processors.config import EngineConfig
-from processors.state import UserState
+from processors.state import MEMORY_UNKNOWN, UserState
 
 NEVER: Final = 0  # a memory record that does not expire
 # One memory record, stored as JSON: [expires at (engine ms, 0: never), topic, offset of the input that wrote
@@ -133,6 +133,27 @@ class Context:
         """Keep `data` (atoms, or a tuple of atoms) under `key` until engine time `expires_ms` (NEVER: for good).
         `fresh`: see Memory.put."""
         self.memory.put(state.user_id, key, expires_ms, self.topic, self.offset, data, fresh)
+
+    def let_go(self, state: UserState, key: str, data: Any, expires_ms: int) -> None:
+        """A fact the state held and lets go of (an input id past its window, a closed order, a fill id), into
+        the memory until `expires_ms`; the state's `memory_until` then covers it. Fresh: while the loaded
+        state holds the fact it never needs the record, so the record it replaces need not be read. Called on
+        acceptance only (the state's `memory_until` changes)."""
+        self.remember(state, key, data, expires_ms, fresh=True)
+        if state.memory_until == MEMORY_UNKNOWN:
+            # records the state's release wrote as it went expire within a horizon of now, and engine time is
+            # several brokers' clocks: twice that
+            state.memory_until = max(expires_ms, self.now_ms + 2 * self.cfg.dedup_horizon_ms)
+        elif expires_ms > state.memory_until:
+            state.memory_until = expires_ms
+
+    def recall_let_go(self, state: UserState, key: str) -> Any:
+        """`recall` of a fact the state may have let go: looked up only while its `memory_until` says the memory
+        may hold one (most users never fill their windows: no lookup)."""
+        until = state.memory_until
+        if until == MEMORY_UNKNOWN or self.now_ms < until:
+            return self.memory.get(state, key, self.now_ms)
+        return None
 
     def horizon(self) -> int:
         """Expiry of a record written now that must outlive every resend the input topics can hold."""

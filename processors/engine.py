@@ -11,10 +11,10 @@ answer at once, another body under its id is refused ID_REUSED. When the full wi
 remembered in the engine's memory for the dedup horizon from then (`i/<source>/<id>`, processors.context)
 with its kind, digest and result, so a resend long after still gets the same answer and applies nothing,
 and the same id with another kind or body is refused. An id the window does not know is looked up there
-only while the state's `memory_until` says the memory may hold one of the user's inputs: most users never
+only while the state's `memory_until` says the memory may hold a fact the state let go: most users never
 fill their window within a horizon, and their inputs cost no memory record and no lookup. Business keys
-(order, fill and withdrawal ids) hold besides. A refusal is never remembered: the same input sent again
-once it can apply (funds arrived, the account opened) applies.
+(order, fill and withdrawal ids) hold besides (processors.orders, processors.withdrawals). A refusal is never
+remembered: the same input sent again once it can apply (funds arrived, the account opened) applies.
 """
 
 from __future__ import annotations
@@ -83,8 +83,7 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             if kind != cmd.kind or not _same_body(prior_digest, digest, cmd):
                 return _refused(cmd, _reused(cmd, kind))
             return Outcome(Result(cmd.id, ts_ms, cmd.user_id, kind, "ACCEPTED", reason, detail, count))
-        until = state.memory_until
-        known = ctx.recall(state, INPUT_RECORD + key) if until == MEMORY_UNKNOWN or ctx.now_ms < until else None
+        known = ctx.recall_let_go(state, INPUT_RECORD + key)
         if known is not None:
             kind, known_digest, ts_ms, reason, detail, count = known
             if kind != cmd.kind or not _same_body(known_digest, digest, cmd):
@@ -105,10 +104,12 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
     result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines))
     if not spec.by_record:
         if state.memory_until == MEMORY_UNKNOWN:
-            # Stored before version 8, when every input was remembered in the memory as it applied: the last of
-            # those expires within a horizon of now, and the window's inputs applied within one (twice that:
-            # engine time is several brokers' clocks). Set once accepted: a refusal leaves the state as it was.
+            # Stored before version 9, when inputs (before 8), closed orders and fill ids were remembered in the
+            # memory as they applied: the last of those expires within a horizon of now (twice that: engine
+            # time is several brokers' clocks). Set once accepted: a refusal leaves the state as it was.
             state.memory_until = ctx.now_ms + 2 * ctx.cfg.dedup_horizon_ms
+        if state.window_ms == MEMORY_UNKNOWN:
+            # before version 8: the window's inputs applied within a horizon of now
             state.window_ms = ctx.now_ms + ctx.cfg.dedup_horizon_ms
         elif ctx.now_ms > state.window_ms:
             state.window_ms = ctx.now_ms
@@ -123,16 +124,13 @@ def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[st
     """Inputs the window let go, into the engine's memory until a horizon from the latest engine time of the
     window's inputs (`window_ms`), or from now if later: at least a horizon from when each applied, whatever
     topic the input that lets them go came from (a review found the horizon cut short when it came from a
-    topic read days behind). Fresh: while the loaded state holds an entry in its window it never
-    needs the entry's record, so the record it replaces need not be read (a read per input in the worker)."""
+    topic read days behind)."""
     until = max(ctx.now_ms, state.window_ms) + ctx.cfg.dedup_horizon_ms
     for key, (ts_ms, kind, reason, detail, count, digest) in entries:
         # "": an entry of a window stored before version 6. From version 5 its record was written as it applied;
         # a version 3 or 4 entry (before the memory) has none, and is forgotten past the window as it was then.
         if digest:
-            ctx.remember(state, INPUT_RECORD + key, (kind, digest, ts_ms, reason, detail, count), until, fresh=True)
-    if until > state.memory_until:
-        state.memory_until = until
+            ctx.let_go(state, INPUT_RECORD + key, (kind, digest, ts_ms, reason, detail, count), until)
 
 
 

@@ -104,5 +104,6 @@ class Entry:
     def close(self) -> tuple[LedgerLine, ...]:
         """Postcondition of every entry: debits equal credits in each asset (DESIGN §2.2)."""
         assert self.lines, f"entry {self.entry_id} has no lines"
-        assert not any(self.net.values()), f"entry {self.entry_id} ({self.entry_type}) unbalanced: {self.net}"
+        for net in self.net.values():  # a loop, not any(): compiled, any() of a view is a Python-level call
+            assert net == 0, f"entry {self.entry_id} ({self.entry_type}) unbalanced: {self.net}"
         return tuple(self.lines)

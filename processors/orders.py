@@ -1,4 +1,12 @@
-"""Order holds, their release, and fill settlement against the per-asset clearing account."""
+"""Order holds, their release, and fill settlement against the per-asset clearing account.
+
+Business keys, once: an order id holds funds once (DUPLICATE_ORDER_ID while open, and for the dedup horizon
+after it closed), and a fill id settles once per order (FILL_SETTLED while the order is open; once it closed,
+every fill on it is ORDER_CLOSED). The state keeps what is recent: the last `closed_orders_kept` closed orders
+(`UserState.closed`) and each open order's last `fills_per_hold` fill ids (`Hold.fills`); older ones are let
+go to the engine's memory (`o/<order>`, `f/<order>/<fill>`) and looked up there only while the state's
+`memory_until` says it let go of any (processors.context).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
     order_id = checks.ident(cfg, "order_id", body["order_id"])
     if order_id in state.holds:
         raise Rejected(Reason.DUPLICATE_ORDER_ID, f"order {order_id} already holds funds")
-    if ctx.recall(state, _closed(order_id)) is not None:
+    if _was_closed(state, ctx, order_id):
         raise Rejected(Reason.DUPLICATE_ORDER_ID, f"order id {order_id} was used by an order that closed")
     if len(state.holds) >= cfg.open_holds_max:
         raise Rejected(Reason.TOO_MANY_OPEN_HOLDS, f"{cfg.open_holds_max} orders hold funds; cancel some first")
@@ -34,14 +42,27 @@ def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
 
 
 def _closed(order_id: str) -> str:
-    """Memory key of a closed order: its id is used, and it takes no fill."""
+    """Memory key of a closed order the state let go: its id is used, and it takes no fill."""
     return f"o/{order_id}"
+
+
+def _fill_key(order_id: str, fill_id: str) -> str:
+    """Memory key of a fill id an open order let go."""
+    return f"f/{order_id}/{fill_id}"
+
+
+def _was_closed(state: UserState, ctx: Context, order_id: str) -> bool:
+    """Closed within the dedup horizon: in the state's recent closed orders, or let go to the memory."""
+    until = state.closed.get(order_id)
+    if until is not None:
+        return ctx.now_ms < until
+    return ctx.recall_let_go(state, _closed(order_id)) is not None
 
 
 def _open_hold(state: UserState, ctx: Context, order_id: str) -> Hold:
     found = state.holds.get(order_id)
     if found is None:
-        if ctx.recall(state, _closed(order_id)) is not None:
+        if _was_closed(state, ctx, order_id):
             raise Rejected(Reason.ORDER_CLOSED, f"order {order_id} was filled or released: it holds nothing")
         raise Rejected(Reason.UNKNOWN_HOLD, f"order {order_id} holds nothing (never placed)")
     return found
@@ -50,8 +71,16 @@ def _open_hold(state: UserState, ctx: Context, order_id: str) -> Hold:
 def _reduce(state: UserState, ctx: Context, order_id: str, held: Hold, amount: int) -> None:
     held.remaining -= amount
     if held.remaining == 0:
-        del state.holds[order_id]
-        ctx.remember(state, _closed(order_id), 1, ctx.horizon())
+        del state.holds[order_id]  # its fill ids go with it: every later fill on it is ORDER_CLOSED
+        closed = state.closed
+        closed.pop(order_id, None)  # an entry past its horizon: the id was used again; now last in order
+        closed[order_id] = ctx.horizon()
+        if len(closed) > ctx.cfg.closed_orders_kept:
+            oldest = next(iter(closed))
+            until = closed.pop(oldest)
+            if until > ctx.now_ms:
+                ctx.let_go(state, _closed(oldest), 1, until)
+        assert len(closed) <= ctx.cfg.closed_orders_kept
 
 
 def release(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -75,10 +104,10 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
     body: FillSettle = cmd.body  # type: ignore[assignment]
     held = _open_hold(state, ctx, body["order_id"])
     # A fill id settles once per order side, however many inputs come between (matching engines replay
-    # fills after a restart, under new input ids too): remembered for the dedup horizon.
-    fill_key = f"f/{body['order_id']}/{checks.ident(cfg, 'fill_id', body['fill_id'])}"
-    if ctx.recall(state, fill_key) is not None:
-        raise Rejected(Reason.FILL_SETTLED, f"fill {body['fill_id']} was already settled on order {body['order_id']}")
+    # fills after a restart, under new input ids too): remembered while the order is open.
+    fill_id = checks.ident(cfg, "fill_id", body["fill_id"])
+    if fill_id in held.fills or ctx.recall_let_go(state, _fill_key(body["order_id"], fill_id)) is not None:
+        raise Rejected(Reason.FILL_SETTLED, f"fill {fill_id} was already settled on order {body['order_id']}")
     if (held.account, held.asset) != (body["account"], body["pay_asset"]):
         raise Rejected(
             Reason.ASSET_MISMATCH,
@@ -103,6 +132,12 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
         entry.user(held.account, receive_asset, "available", receive - fee)
     if fee:
         entry.system(FEE_REVENUE, receive_asset, fee)
-    ctx.remember(state, fill_key, 1, ctx.horizon())
     _reduce(state, ctx, body["order_id"], held, pay)
+    if held.remaining:
+        held.fills.append(fill_id)
+        if len(held.fills) > cfg.fills_per_hold:
+            # until a horizon from now: a resend comes at most a horizon after the fill applied (the log keeps
+            # it no longer), and fills come in order on one topic, so this one applied before now
+            ctx.let_go(state, _fill_key(body["order_id"], held.fills.pop(0)), 1, ctx.horizon())
+        assert len(held.fills) <= cfg.fills_per_hold
     return Applied(entry.close())

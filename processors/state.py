@@ -21,11 +21,12 @@ BORROWED: Final = 2
 # 2: applied results stored whole (with user_id); 3: parked chain events; 4: input positions (`through`);
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
-# 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`
-STATE_VERSION: Final = 8
+# 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`;
+# 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`)
+STATE_VERSION: Final = 9
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8, 9})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -36,7 +37,7 @@ DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
 # input's memory record). (client ts_ms, kind, reason, detail, ledger lines, digest), stored as it is: a
 # tuple of atoms, which the garbage collector stops tracking on first sight (a state keeps 64).
 Accepted = tuple[int, str, str | None, str, int, str]
-MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 8
+MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 9 (window_ms: before 8)
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
 
 
@@ -58,14 +59,32 @@ def to_json(value: Any) -> bytes:
 OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
-@dataclass(slots=True)
 class Hold:
-    account: str
-    asset: str
-    remaining: int
+    """An open order's hold. A plain class, not a dataclass: compiled, a dataclass is built through its
+    Python-level __init__ (3% of the core, one order in five inputs on the bench workload)."""
 
-    def __post_init__(self) -> None:
-        assert self.remaining > 0, "an empty hold is closed, not kept"
+    __slots__ = ("account", "asset", "fills", "remaining")
+
+    def __init__(self, account: str, asset: str, remaining: int, fills: list[str] | None = None) -> None:
+        assert remaining > 0, "an empty hold is closed, not kept"
+        self.account = account
+        self.asset = asset
+        self.remaining = remaining
+        # the ids of the latest fills settled on the order, oldest first (EngineConfig.fills_per_hold; older
+        # ones are in the engine's memory: processors.orders)
+        self.fills: list[str] = fills if fills is not None else []
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hold) and (self.account, self.asset, self.remaining, self.fills) == (
+            other.account, other.asset, other.remaining, other.fills)
+
+    def __reduce__(self) -> tuple[type[Hold], tuple[str, str, int, list[str]]]:
+        """For copy.deepcopy (callers that keep the old state: processors.engine): compiled, the class has no
+        __dict__ to copy."""
+        return Hold, (self.account, self.asset, self.remaining, self.fills)
+
+    def __repr__(self) -> str:
+        return f"Hold({self.account!r}, {self.asset!r}, {self.remaining}, {self.fills!r})"
 
 
 @dataclass(slots=True)
@@ -116,11 +135,16 @@ class UserState:
     # input key (processors.engine.input_key: source and id) -> its Accepted entry, the most recent
     # `EngineConfig.applied_window` accepted inputs, oldest first.
     applied: dict[str, Accepted] = field(default_factory=dict)
+    # order id -> engine time until which it counts as closed (a horizon from its closing): the
+    # `EngineConfig.closed_orders_kept` most recently closed orders, oldest first; older ones are in the
+    # engine's memory (processors.orders).
+    closed: dict[str, int] = field(default_factory=dict)
     seq: int = 0  # ledger lines written for this user so far
-    # Engine time until which the engine's memory may hold records of this user's accepted inputs: those the
-    # window let go (processors.engine). Before it, an id the window does not know is looked up there; from
-    # then on there is nothing to find. MEMORY_UNKNOWN in a state stored before version 8, when every accepted
-    # input was remembered there at once: the core sets it on the user's next input.
+    # Engine time until which the engine's memory may hold records this state let go: accepted inputs the
+    # window let go (processors.engine), closed orders and fill ids (processors.orders). Before it, an id the
+    # state does not know is looked up there; from then on there is nothing to find. MEMORY_UNKNOWN in a state
+    # stored before version 9, when some or all of those were remembered there at once: the core sets it on the
+    # user's next accepted input.
     memory_until: int = 0
     # No input in the window applied at a later engine time than this (MEMORY_UNKNOWN in a state stored before
     # version 8). Engine time is in order within one input topic only: the input that lets an entry go may come
@@ -200,7 +224,7 @@ class UserState:
             "status": self.status,
             "seq": self.seq,
             "balances": [[a, s, *t] for (a, s), t in self.balances.items()],
-            "holds": {k: [h.account, h.asset, h.remaining] for k, h in self.holds.items()},
+            "holds": {k: [h.account, h.asset, h.remaining, h.fills] for k, h in self.holds.items()},
             "withdrawals": {
                 k: [w.account, w.chain, w.asset, w.amount, w.fee, w.address, w.status,
                     w.required_approvals, w.approvals, w.tx_hash]
@@ -211,6 +235,7 @@ class UserState:
             "mu": self.memory_until,
             "wm": self.window_ms,
             "keys": list(self.applied),
+            "closed": self.closed,
         }
         if self.legacy_deposits:
             doc["deposits"] = {k: [d.asset, d.amount, d.account, d.status] for k, d in self.legacy_deposits.items()}
@@ -268,7 +293,9 @@ class UserState:
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),
-            memory_until=doc["mu"] if version >= 8 else MEMORY_UNKNOWN,
+            closed=doc.get("closed", {}),
+            # before version 9 closed orders and fill ids went to the memory as they came, past `mu`
+            memory_until=doc["mu"] if version >= 9 else MEMORY_UNKNOWN,
             window_ms=doc["wm"] if version >= 8 else MEMORY_UNKNOWN,
             applied=dict(zip(keys, entries, strict=True)),
         )

@@ -52,6 +52,9 @@ CFG = EngineConfig(
         "BTC": AssetRules(2 * UNIT["BTC"], UNIT["BTC"] // 100, UNIT["BTC"] // 10**4, UNIT["BTC"] // 5, 40_000_000),
     },
     chains=BASE.chains,
+    # few closed orders and fill ids kept in the state: the model's nine order ids are let go to the memory
+    closed_orders_kept=2,
+    fills_per_hold=1,
 )
 USERS = ("alice", "bob", "carol")
 ACCOUNTS = ("spot", "margin")

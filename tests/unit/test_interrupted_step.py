@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 from processors.batch import BatchProcessor, Source, Step
 from processors.config import default_config
 from processors.inputs import command
-from processors.messages import Command, DepositConfirmed, DepositReverted, OpenAccount, Transfer
+from processors.messages import (
+    Command,
+    DepositConfirmed,
+    DepositReverted,
+    FillSettle,
+    OpenAccount,
+    OrderHold,
+    OrderRelease,
+    Transfer,
+)
 from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
@@ -28,8 +37,9 @@ from streams.topics import LEDGER, RESULTS
 from tests.unit.test_batch import PARTITIONS, batched, encoded
 
 # A window of 2 remembered inputs: without the stored positions (`UserState.through`), re-applying
-# a step over a state that already holds it would apply its older inputs twice.
-CFG = dataclasses.replace(default_config(), applied_window=2)
+# a step over a state that already holds it would apply its older inputs twice. One closed order and one fill
+# id per open order kept in the state: orders let them go to the memory all the time.
+CFG = dataclasses.replace(default_config(), applied_window=2, closed_orders_kept=1, fills_per_hold=1)
 P = 1
 USERS = [u for u in (f"user{i}" for i in range(1000)) if partition_for(u.encode(), PARTITIONS) == P][:3]
 COMMANDS, CHAIN = "t.commands", "t.chain"
@@ -42,6 +52,16 @@ def _input(topic: str, n: int, user: str, kind: int) -> Command:
                        account="spot")
     if kind == 0:
         return command(OpenAccount, f"open-{user}", user, kyc_tier=1, region="DE")
+    # two order ids and three fill ids: orders reopen, fills repeat, closed orders come back, and both are let
+    # go to the memory (in 150 examples: ~50 closed orders, ~80 fill ids)
+    order, fill_id = f"o{(n // 8) % 2}", f"x{(n // 2) % 3}"
+    if n % 4 == 1:
+        return command(OrderHold, f"h{n}", user, order_id=order, account="spot", asset="USDT", amount="3")
+    if n % 4 == 2:
+        return command(FillSettle, f"f{n}", user, fill_id=fill_id, order_id=order, account="spot", pay_asset="USDT",
+                       pay_amount="1", receive_asset="BTC", receive_amount="0.0001", fee_amount="0")
+    if n % 4 == 3:
+        return command(OrderRelease, f"r{n}", user, order_id=order, amount=None)
     return command(Transfer, f"t{n}", user, asset="USDT", amount="7", from_account="spot", to_account="margin")
 
 
