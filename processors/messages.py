@@ -56,7 +56,7 @@ WithdrawalRef = bodies.WithdrawalRef
 WithdrawalRequest = bodies.WithdrawalRequest
 
 
-class _Value:
+class Value:
     """Equal, hashed and shown by value, its `fields()` in order: the core's outputs are plain classes, not
     NamedTuples. The core makes several per input, and compiled, a native class is built by one C call where a
     NamedTuple costs a tuple and a subtype copy (the core ran 8% faster with LedgerLine so, and 4.5% more with
@@ -68,7 +68,7 @@ class _Value:
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Value) and type(other) is type(self) and self.fields() == other.fields()
+        return isinstance(other, Value) and type(other) is type(self) and self.fields() == other.fields()
 
     def __hash__(self) -> int:
         return hash(self.fields())
@@ -76,8 +76,13 @@ class _Value:
     def __repr__(self) -> str:
         return f"{type(self).__name__}{self.fields()!r}"
 
+    def __reduce__(self) -> tuple[type[Value], tuple[Any, ...]]:
+        """For copy and pickle: compiled, the class has no __dict__ to copy. `fields()` are the constructor's
+        arguments, in order."""
+        return type(self), self.fields()
 
-class Result(_Value):
+
+class Result(Value):
     """An input's answer."""
 
     __slots__ = ("detail", "id", "kind", "ledger_lines", "reason", "status", "ts_ms", "user_id")
@@ -108,7 +113,7 @@ class Result(_Value):
 
 
 
-class LedgerLine(_Value):
+class LedgerLine(Value):
     """One line; an entry's lines sum to zero per asset. `amount` is signed, in minor units.
 
     Sign convention: + adds to what the account holds. A user's `borrowed` bucket is a liability, so
@@ -174,7 +179,7 @@ class WithdrawalToSign(NamedTuple):
 Event = WithdrawalToSign
 
 
-class Outcome(_Value):
+class Outcome(Value):
     """What one input produced: its result, its ledger lines, events for other services, and the final
     results of other inputs it decided (parked chain events given up: PARKED_EXPIRED)."""
 

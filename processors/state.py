@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from processors.messages import Result
+from processors.messages import Result, Value
 
 # positions in a balance triple
 AVAILABLE: Final = 0
@@ -59,9 +59,10 @@ def to_json(value: Any) -> bytes:
 OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
-class Hold:
+class Hold(Value):
     """An open order's hold. A plain class, not a dataclass: compiled, a dataclass is built through its
-    Python-level __init__ (3% of the core, one order in five inputs on the bench workload)."""
+    Python-level __init__ (3% of the core, one order in five inputs on the bench workload). Mutable: equal by
+    value, never hashed."""
 
     __slots__ = ("account", "asset", "fills", "remaining")
 
@@ -74,31 +75,33 @@ class Hold:
         # ones are in the engine's memory: processors.orders)
         self.fills: list[str] = fills if fills is not None else []
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Hold) and (self.account, self.asset, self.remaining, self.fills) == (
-            other.account, other.asset, other.remaining, other.fills)
-
-    def __reduce__(self) -> tuple[type[Hold], tuple[str, str, int, list[str]]]:
-        """For copy.deepcopy (callers that keep the old state: processors.engine): compiled, the class has no
-        __dict__ to copy."""
-        return Hold, (self.account, self.asset, self.remaining, self.fills)
-
-    def __repr__(self) -> str:
-        return f"Hold({self.account!r}, {self.asset!r}, {self.remaining}, {self.fills!r})"
+    def fields(self) -> tuple[str, str, int, list[str]]:
+        return (self.account, self.asset, self.remaining, self.fills)
 
 
-@dataclass(slots=True)
-class Withdrawal:
-    account: str
-    chain: str
-    asset: str
-    amount: int
-    fee: int
-    address: str
-    status: WithdrawalStatus
-    required_approvals: int
-    approvals: list[str] = field(default_factory=list)
-    tx_hash: str = ""
+class Withdrawal(Value):
+    """A withdrawal the user asked for, until it is finished and pruned. A plain class, as `Hold`."""
+
+    __slots__ = ("account", "address", "amount", "approvals", "asset", "chain", "fee", "required_approvals",
+                 "status", "tx_hash")
+
+    def __init__(self, account: str, chain: str, asset: str, amount: int, fee: int, address: str,
+                 status: WithdrawalStatus, required_approvals: int, approvals: list[str] | None = None,
+                 tx_hash: str = "") -> None:
+        self.account = account
+        self.chain = chain
+        self.asset = asset
+        self.amount = amount
+        self.fee = fee
+        self.address = address
+        self.status: WithdrawalStatus = status
+        self.required_approvals = required_approvals
+        self.approvals: list[str] = approvals if approvals is not None else []
+        self.tx_hash = tx_hash
+
+    def fields(self) -> tuple[str, str, str, int, int, str, WithdrawalStatus, int, list[str], str]:
+        return (self.account, self.chain, self.asset, self.amount, self.fee, self.address, self.status,
+                self.required_approvals, self.approvals, self.tx_hash)
 
     @property
     def frozen(self) -> int:
