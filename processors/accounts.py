@@ -31,7 +31,7 @@ def transfer(state: UserState, cmd: Command, ctx: Context) -> Applied:
     entry = Entry(state, entry_id(cmd), TRANSFER, ctx.now_ms)
     entry.user(src, asset, "available", -amount)
     entry.user(dst, asset, "available", amount)
-    return Applied(entry.close())
+    return entry.applied()
 
 
 def open_account(state: UserState, cmd: Command, ctx: Context) -> Applied:

@@ -76,7 +76,7 @@ def confirmed(state: UserState, cmd: Command, ctx: Context) -> Applied:
         entry = Entry(state, entry_id(cmd, f"/again/{ctx.topic}/{ctx.offset}"), DEPOSIT, ctx.now_ms)
     entry.user(account, asset, "available", amount)
     entry.system(custody(body["chain"]), asset, -amount)
-    return Applied(entry.close(), detail="re-included after a reversal: credited again" if again else "")
+    return entry.applied(detail="re-included after a reversal: credited again" if again else "")
 
 
 def reverted(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -103,6 +103,6 @@ def reverted(state: UserState, cmd: Command, ctx: Context) -> Applied:
     entry.system(custody(chain), deposit.asset, deposit.amount)
     if shortfall:
         state.status = "frozen"
-        return Applied(entry.close(), flag=Reason.REVERSAL_SHORTFALL,
-                       detail=f"{shortfall} minor units already spent: booked as debt, account frozen")
-    return Applied(entry.close())
+        return entry.applied(Reason.REVERSAL_SHORTFALL,
+                             f"{shortfall} minor units already spent: booked as debt, account frozen")
+    return entry.applied()

@@ -43,6 +43,12 @@ _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the ac
 PARKED_DUE: Final = "p"
 # The engine-memory key prefix of an accepted input the window let go (+ its input key: source and id).
 INPUT_RECORD: Final = "i/"
+# Bound once: compiled, `orjson.dumps(...)` looks the module up and then its attribute on every call (2% of the
+# core), and a keyword argument costs a call with keywords.
+_DUMPS: Final = orjson.dumps
+_SORT_KEYS: Final = orjson.OPT_SORT_KEYS
+_XXH3_64_HEX: Final = xxhash.xxh3_64_hexdigest
+_PARKED: Final = Reason.PARKED  # an enum member is a Python-level attribute lookup; this is once per input
 
 
 def apply(state: UserState | None, cmd: Command, ctx: Context) -> tuple[UserState, Outcome]:
@@ -98,7 +104,7 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
         return Outcome(_refused(cmd, refused).result, (), (), expired)
     lines = applied.lines
     assert state.seq == seq_before + len(lines), "every line advances the user's sequence once"
-    if applied.flag is Reason.PARKED:
+    if applied.flag is _PARKED:
         _mark_parked_due(state, ctx)
     flag = applied.flag.value if applied.flag is not None else None
     result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "ACCEPTED", flag, applied.detail, len(lines))
@@ -219,10 +225,10 @@ def _digest(cmd: Command) -> str:
     a deliberate search, and need not be: a user's ids are deduplicated among that user's own inputs, so
     a crafted collision can only make the user's own second input count as a resend of their first."""
     try:
-        canonical = orjson.dumps(cmd.body, option=orjson.OPT_SORT_KEYS)
+        canonical = _DUMPS(cmd.body, None, _SORT_KEYS)
     except TypeError:  # an integer past 64 bits (Avro's long cannot carry one; an in-process caller might)
         canonical = json.dumps(cmd.body, sort_keys=True, separators=(",", ":")).encode()
-    return "x" + xxhash.xxh3_64_hexdigest(canonical)
+    return "x" + _XXH3_64_HEX(canonical)
 
 
 def _legacy_digest(cmd: Command) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from processors.applied import Applied
 from processors.messages import Bucket, Command, LedgerLine
+from processors.reasons import Reason
 from processors.state import BORROWED, UserState
 
 _INDEX: Final[dict[str, int]] = {"available": 0, "frozen": 1, "borrowed": BORROWED}
@@ -52,16 +54,20 @@ def entry_id(cmd: Command, suffix: str = "") -> str:
     return f"{cmd.source}/{cmd.id}{suffix}"
 
 
-class Entry:
-    __slots__ = ("entry_id", "entry_type", "first", "first_net", "lines", "net", "state", "ts_ms")
+class Entry(Applied):
+    """One entry, posted line by line; once closed (`applied`), it is its handler's answer itself: an Applied
+    built per input on top of the entry was 2.5% of the core."""
+
+    __slots__ = ("entry_id", "entry_type", "first", "first_net", "net", "posted", "state", "ts_ms")
 
     def __init__(self, state: UserState, entry_id: str, entry_type: str, ts_ms: int) -> None:
         assert entry_type in ENTRY_TYPES, f"entry type {entry_type} is not declared in processors.ledger"
+        super().__init__()
         self.state = state
         self.entry_id = entry_id
         self.entry_type = entry_type
         self.ts_ms = ts_ms
-        self.lines: list[LedgerLine] = []
+        self.posted: list[LedgerLine] = []
         # The sum of the lines so far per asset, all zero when the entry closes: the first asset's in slots (most
         # entries move one asset; a dict per entry was 2% of the core), any other's in `net` (fills, made then).
         self.first = ""
@@ -90,7 +96,7 @@ class Entry:
         if not (triple[0] or triple[1] or triple[2]):
             del state.balances[(account, asset)]  # an empty balance is no state: the ledger keeps its history
         state.seq += 1
-        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+        self.posted.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.posted),
                                      state.user_id, account, bucket, asset, amount, before, after, state.seq))
         self._sum(asset, amount)
 
@@ -101,7 +107,7 @@ class Entry:
         assert account in (CLEARING, FEE_REVENUE) or account.startswith(CUSTODY_PREFIX), f"{account}: no system account"
         state = self.state
         state.seq += 1
-        self.lines.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.lines),
+        self.posted.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.posted),
                                      SYSTEM_USER, account, "balance", asset, amount, None, None, state.seq))
         self._sum(asset, amount)
 
@@ -118,9 +124,17 @@ class Entry:
 
     def close(self) -> tuple[LedgerLine, ...]:
         """Postcondition of every entry: debits equal credits in each asset (DESIGN §2.2)."""
-        assert self.lines, f"entry {self.entry_id} has no lines"
+        assert self.posted, f"entry {self.entry_id} has no lines"
         assert self.first_net == 0, f"entry {self.entry_id} ({self.entry_type}) unbalanced in {self.first}"
         if self.net is not None:
             for asset, net in self.net.items():
                 assert net == 0, f"entry {self.entry_id} ({self.entry_type}) unbalanced in {asset}"
-        return tuple(self.lines)
+        self.lines = tuple(self.posted)
+        return self.lines
+
+    def applied(self, flag: Reason | None = None, detail: str = "") -> Applied:
+        """The entry closed, as what its handler applied."""
+        self.close()
+        self.flag = flag
+        self.detail = detail
+        return self

@@ -38,7 +38,7 @@ def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
     entry.user(account, asset, "available", -amount)
     entry.user(account, asset, "frozen", amount)
     state.holds[order_id] = Hold(account, asset, amount)
-    return Applied(entry.close())
+    return entry.applied()
 
 
 def _closed(order_id: str) -> str:
@@ -95,7 +95,7 @@ def release(state: UserState, cmd: Command, ctx: Context) -> Applied:
     entry.user(held.account, held.asset, "frozen", -amount)
     entry.user(held.account, held.asset, "available", amount)
     _reduce(state, ctx, body["order_id"], held, amount)
-    return Applied(entry.close())
+    return entry.applied()
 
 
 def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -140,4 +140,4 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
             # it no longer), and fills come in order on one topic, so this one applied before now
             ctx.let_go(state, _fill_key(body["order_id"], held.fills.pop(0)), 1, ctx.horizon())
         assert len(held.fills) <= cfg.fills_per_hold
-    return Applied(entry.close())
+    return entry.applied()

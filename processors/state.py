@@ -39,6 +39,7 @@ DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
 Accepted = tuple[int, str, str | None, str, int, str]
 MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 9 (window_ms: before 8)
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+_DUMPS: Final = orjson.dumps  # bound once (processors.engine)
 
 
 def json_text(value: Any) -> str:
@@ -46,7 +47,7 @@ def json_text(value: Any) -> str:
     is 10**20 wei), which orjson refuses, so those go through the json module. Read back with `json.loads`:
     orjson.loads would turn such an integer into a float."""
     try:
-        return orjson.dumps(value).decode()
+        return _DUMPS(value).decode()
     except TypeError:
         return _JSON.encode(value)
 

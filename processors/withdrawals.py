@@ -108,7 +108,7 @@ def confirmed(state: UserState, cmd: Command, ctx: Context) -> Applied:
     if w.fee:
         entry.system(FEE_REVENUE, w.asset, w.fee)
     _finish(state, ctx.cfg, w, "completed")
-    return Applied(entry.close())
+    return entry.applied()
 
 
 def failed(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -183,7 +183,7 @@ def _unfreeze(state: UserState, cmd: Command, ctx: Context, w: Withdrawal, statu
     entry.user(w.account, w.asset, "frozen", -w.frozen)
     entry.user(w.account, w.asset, "available", w.frozen)
     _finish(state, ctx.cfg, w, status)
-    return Applied(entry.close())
+    return entry.applied()
 
 
 def _finish(state: UserState, cfg: EngineConfig, w: Withdrawal, status: WithdrawalStatus) -> None:
