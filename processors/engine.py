@@ -33,7 +33,7 @@ from processors.inputs import KINDS, USER, Kind
 from processors.messages import Command, LedgerLine, Outcome, Result
 from processors.money import Rejected
 from processors.reasons import Reason
-from processors.state import MEMORY_UNKNOWN, Accepted, UserState, input_key
+from processors.state import MEMORY_UNKNOWN, UserState, accepted, entry_text, input_key
 from processors.withdrawals import park
 
 _ACCOUNT: Final = ""  # the parked-events key of chain events waiting for the account to open
@@ -82,7 +82,7 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
         digest = _digest(cmd)
         window = state.applied.get(key)
         if window is not None:
-            ts_ms, kind, reason, detail, count, prior_digest = window
+            ts_ms, kind, reason, detail, count, prior_digest = accepted(window)
             if not prior_digest:  # a window stored before state version 6: the digest is in the memory record
                 known = ctx.recall(state, INPUT_RECORD + key)
                 prior_digest = known[1] if known is not None else digest
@@ -119,20 +119,21 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
             state.window_ms = ctx.now_ms + ctx.cfg.dedup_horizon_ms
         elif ctx.now_ms > state.window_ms:
             state.window_ms = ctx.now_ms
-        let_go = state.remember(key, (cmd.ts_ms, cmd.kind, flag, applied.detail, len(lines), digest),
+        let_go = state.remember(key, entry_text(cmd.ts_ms, cmd.kind, flag, len(lines), digest, applied.detail),
                                 ctx.cfg.applied_window)
         if let_go is not None:
             _remember_past_window(state, ctx, let_go)
     return Outcome(result, lines, applied.events, expired)
 
 
-def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, Accepted]]) -> None:
+def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, str]]) -> None:
     """Inputs the window let go, into the engine's memory until a horizon from the latest engine time of the
     window's inputs (`window_ms`), or from now if later: at least a horizon from when each applied, whatever
     topic the input that lets them go came from (a review found the horizon cut short when it came from a
     topic read days behind)."""
     until = max(ctx.now_ms, state.window_ms) + ctx.cfg.dedup_horizon_ms
-    for key, (ts_ms, kind, reason, detail, count, digest) in entries:
+    for key, text in entries:
+        ts_ms, kind, reason, detail, count, digest = accepted(text)
         # "": an entry of a window stored before version 6. From version 5 its record was written as it applied;
         # a version 3 or 4 entry (before the memory) has none, and is forgotten past the window as it was then.
         if digest:

@@ -22,7 +22,8 @@ BORROWED: Final = 2
 # 5: the applied window keyed by (source, id), parked events with their engine time, deposits moved out
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
 # 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`;
-# 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`)
+# 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`), the window's
+# entries as text (`entry_text`) by input key
 STATE_VERSION: Final = 9
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
@@ -34,8 +35,8 @@ DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
 # A window entry: what an accepted input's result says besides its id and user (the entry's key and the state
 # say those) and its status (ACCEPTED: a refusal is never remembered), then its body's digest, which tells a
 # resend from another input under the same id ("" in a window stored before version 6: the digest is in the
-# input's memory record). (client ts_ms, kind, reason, detail, ledger lines, digest), stored as it is: a
-# tuple of atoms, which the garbage collector stops tracking on first sight (a state keeps 64).
+# input's memory record). (client ts_ms, kind, reason, detail, ledger lines, digest); kept as its text
+# (`entry_text`), read only when its input is sent again or the window lets it go.
 Accepted = tuple[int, str, str | None, str, int, str]
 MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 9 (window_ms: before 8)
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
@@ -57,6 +58,22 @@ def to_json(value: Any) -> bytes:
     allocator, and a step holding thousands of them until the write is acknowledged paid 2.5 µs each (0.3 µs
     so)."""
     return json_text(value).encode()
+
+
+def entry_text(ts_ms: int, kind: str, reason: str | None, count: int, digest: str, detail: str) -> str:
+    """An Accepted entry as the window keeps and stores it: "ts_ms|kind|reason|lines|digest|detail". One string
+    per input instead of a tuple and its digest: an object less that the state keeps, and none the garbage
+    collector traverses (a tuple is tracked until its first collection: 6% of the core went to that).
+    Only `detail` can hold a "|" (kinds, reasons, numbers and digests cannot), so it goes last."""
+    return f"{ts_ms}|{kind}|{reason or ''}|{count}|{digest}|{detail}"
+
+
+def accepted(text: str) -> Accepted:
+    """The entry `entry_text` made."""
+    ts_ms, kind, reason, count, digest, detail = text.split("|", 5)
+    return int(ts_ms), kind, reason or None, detail, int(count), digest
+
+
 OPEN_WITHDRAWAL: Final[frozenset[str]] = frozenset({"pending_approval", "approved", "broadcast"})
 
 
@@ -136,9 +153,9 @@ class UserState:
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
     # [input id, client ts_ms, kind, body, engine time parked]
     parked: dict[str, list[list[Any]]] = field(default_factory=dict)
-    # input key (processors.engine.input_key: source and id) -> its Accepted entry, the most recent
-    # `EngineConfig.applied_window` accepted inputs, oldest first.
-    applied: dict[str, Accepted] = field(default_factory=dict)
+    # input key (processors.engine.input_key: source and id) -> its Accepted entry as text (`entry_text`), the
+    # most recent `EngineConfig.applied_window` accepted inputs, oldest first.
+    applied: dict[str, str] = field(default_factory=dict)
     # order id -> engine time until which it counts as closed (a horizon from its closing): the
     # `EngineConfig.closed_orders_kept` most recently closed orders, oldest first; older ones are in the
     # engine's memory (processors.orders).
@@ -158,9 +175,6 @@ class UserState:
     # partition). Stored with the state, so a stored state says exactly which inputs it holds: after a
     # crash that stored some of a step's states and not others, re-applying the step skips them here.
     through: dict[str, int] = field(default_factory=dict)
-    # input key -> the JSON text of its entry in `applied`: an entry never changes, so storing the state
-    # after a step encodes only the new ones (the window is most of the stored bytes). Not state itself.
-    applied_json: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def balance(self, account: str, asset: str) -> list[int]:
         """The live triple (created on first use)."""
@@ -179,7 +193,7 @@ class UserState:
         triple = self.balances.get((account, asset))
         return triple[AVAILABLE] if triple else 0
 
-    def remember(self, key: str, entry: Accepted, window: int) -> list[tuple[str, Accepted]] | None:
+    def remember(self, key: str, entry: str, window: int) -> list[tuple[str, str]] | None:
         """Into the window; returns the entries it lets go to stay within `window`, oldest first (None: none)."""
         applied = self.applied
         applied[key] = entry
@@ -187,14 +201,13 @@ class UserState:
             return None
         return self.let_go(len(applied) - window)
 
-    def let_go(self, count: int) -> list[tuple[str, Accepted]]:
+    def let_go(self, count: int) -> list[tuple[str, str]]:
         """The `count` oldest window entries, out of the window."""
         assert 0 <= count <= len(self.applied)
         out = []
         for _ in range(count):
             oldest = next(iter(self.applied))
             out.append((oldest, self.applied.pop(oldest)))
-            self.applied_json.pop(oldest, None)
         return out
 
     def prune_withdrawals(self, keep_closed: int) -> None:
@@ -238,23 +251,12 @@ class UserState:
             "through": self.through,
             "mu": self.memory_until,
             "wm": self.window_ms,
-            "keys": list(self.applied),
             "closed": self.closed,
+            "applied": self.applied,
         }
         if self.legacy_deposits:
             doc["deposits"] = {k: [d.asset, d.amount, d.account, d.status] for k, d in self.legacy_deposits.items()}
-        texts = self.applied_json
-        if len(texts) > 2 * len(self.applied) + 8:  # ids dropped from `applied` other than by remember()
-            texts.clear()
-        window = []
-        for key, entry in self.applied.items():
-            text = texts.get(key)
-            if text is None:
-                text = texts[key] = json_text(entry)
-            window.append(text)
-        head = json_text(doc)
-        assert head[-1] == "}"
-        return f'{head[:-1]},"applied":[{",".join(window)}]}}'.encode()
+        return to_json(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
@@ -263,10 +265,14 @@ class UserState:
         assert version in READS_VERSIONS, f"state version {version} is not one this release reads"
         user = doc["user"]
         window = doc["applied"]
-        if version >= 7:
+        applied: dict[str, str]
+        if version >= 9:
+            applied = window  # input key -> entry text, in order
+        elif version >= 7:
             keys = doc["keys"]
             entries: list[Accepted] = [tuple(entry) for entry in window]
             assert all(len(entry) == 6 for entry in entries), "a window entry has six fields"
+            applied = {k: _text(e) for k, e in zip(keys, entries, strict=True)}
         else:
             # whole results, then (from version 6) the body's digest; "" before: the digest is in the memory record
             results = [Result(*r[:8]) for r in window]
@@ -280,7 +286,7 @@ class UserState:
                     kept.append(k)
                     digest = raw[8] if version >= 6 else ""
                     entries.append((r.ts_ms, r.kind, r.reason, r.detail, r.ledger_lines, digest))
-            keys = kept
+            applied = {k: _text(e) for k, e in zip(kept, entries, strict=True)}
         parked = doc["parked"]
         if version < 5:
             parked = {wid: [[*entry, 0] for entry in entries] for wid, entries in parked.items()}
@@ -301,8 +307,13 @@ class UserState:
             # before version 9 closed orders and fill ids went to the memory as they came, past `mu`
             memory_until=doc["mu"] if version >= 9 else MEMORY_UNKNOWN,
             window_ms=doc["wm"] if version >= 8 else MEMORY_UNKNOWN,
-            applied=dict(zip(keys, entries, strict=True)),
+            applied=applied,
         )
+
+
+def _text(entry: Accepted) -> str:
+    ts_ms, kind, reason, detail, count, digest = entry
+    return entry_text(ts_ms, kind, reason, count, digest, detail)
 
 
 def _legacy_key(result: Result) -> str:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors.batch import BatchProcessor, Source
 from processors.config import default_config
 from processors.engine import apply
-from processors.inputs import USER, command
+from processors.inputs import KINDS, USER, command
 from processors.messages import (
     AccountUnfreeze,
     Command,
@@ -25,7 +29,8 @@ from processors.messages import (
     WithdrawalFailed,
     WithdrawalRequest,
 )
-from processors.state import MEMORY_UNKNOWN, UserState
+from processors.reasons import Reason
+from processors.state import MEMORY_UNKNOWN, Accepted, UserState, accepted, entry_text
 from streams.topics import RESULTS
 from tests.unit.core import Engine, ctx
 from tests.unit.test_batch import PARTITIONS, SOURCES, batched, encoded, user_on
@@ -127,7 +132,27 @@ def whole_results(state: UserState) -> list[list[object]]:
     """The window as versions 2 to 6 stored it: whole results (id, client time, user, kind, status, reason,
     detail, ledger lines)."""
     return [[key.partition("/")[2], ts_ms, state.user_id, kind, "ACCEPTED", reason, detail, count]
-            for key, (ts_ms, kind, reason, detail, count, _) in state.applied.items()]
+            for key, (ts_ms, kind, reason, detail, count, _) in window(state).items()]
+
+
+def window(state: UserState) -> dict[str, Accepted]:
+    return {key: accepted(text) for key, text in state.applied.items()}
+
+
+def as_version_8(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored state's document as versions 7 and 8 had its window: keys, then entries as lists."""
+    entries = [list(accepted(text)) for text in doc["applied"].values()]
+    return {**doc, "v": 8, "keys": list(doc["applied"]), "applied": entries}
+
+
+@given(ts_ms=st.integers(-2**63, 2**63 - 1), kind=st.sampled_from(sorted(KINDS)),
+       reason=st.none() | st.sampled_from([r.value for r in Reason]), count=st.integers(0, 10**6),
+       digest=st.sampled_from(["", "x0123456789abcdef", "0123456789abcdef"]), detail=st.text())
+def test_a_window_entry_reads_back_as_it_was_written(ts_ms: int, kind: str, reason: str | None, count: int,
+                                                     digest: str, detail: str) -> None:
+    """Whatever the detail holds (the separator too: it goes last)."""
+    text = entry_text(ts_ms, kind, reason, count, digest, detail)
+    assert accepted(text) == (ts_ms, kind, reason, detail, count, digest)
 
 
 def test_a_window_stored_with_refusals_loads_without_them() -> None:
@@ -135,11 +160,11 @@ def test_a_window_stored_with_refusals_loads_without_them() -> None:
     state stored again holds accepted inputs only)."""
     state = opened()
     state, _ = apply(state, transfer("t1", "1"), ctx(CFG))
-    doc = json.loads(state.to_bytes())
+    doc = as_version_8(json.loads(state.to_bytes()))
     doc["v"] = 5
     refused = ["t0", 1, "u", "Transfer", "REJECTED", "INSUFFICIENT_FUNDS", "", 0]
     doc["applied"] = [refused, *whole_results(state)]
-    doc["keys"] = ["user/t0", *doc["keys"]]
+    doc["keys"] = ["user/t0", *state.applied]
     old = UserState.from_bytes(json.dumps(doc).encode())
     assert list(old.applied) == list(state.applied)
     assert UserState.from_bytes(old.to_bytes()).applied == old.applied
@@ -151,13 +176,13 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     state = opened()
     state, first = apply(state, transfer("t1", "1"), ctx(CFG))
     # before version 8 every accepted input was remembered in the engine's memory as it applied
-    ts_ms, kind, reason, detail, count, digest = state.applied["user/t1"]
+    ts_ms, kind, reason, detail, count, digest = window(state)["user/t1"]
     ctx(CFG).remember(state, "i/user/t1", (kind, digest, ts_ms, reason, detail, count), ctx(CFG).horizon())
-    doc = json.loads(state.to_bytes())
+    doc = as_version_8(json.loads(state.to_bytes()))
     doc["v"] = 5
     doc["applied"] = whole_results(state)  # no digests
     old = UserState.from_bytes(json.dumps(doc).encode())
-    assert old.applied["user/t1"] == (*state.applied["user/t1"][:5], "") and old.memory_until == MEMORY_UNKNOWN
+    assert window(old)["user/t1"] == (*window(state)["user/t1"][:5], "") and old.memory_until == MEMORY_UNKNOWN
     old, out = apply(old, transfer("t1", "2"), ctx(CFG))
     assert out.result.reason == "ID_REUSED" and old.memory_until == MEMORY_UNKNOWN, "a refusal changes nothing"
     old, out = apply(old, transfer("t1", "1"), ctx(CFG))
@@ -167,9 +192,12 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     assert out.result.status == "ACCEPTED" and old.memory_until == Engine.now_ms + 2 * CFG.dedup_horizon_ms
     assert UserState.from_bytes(old.to_bytes()).applied == old.applied, "stored again, with the digest it had"
     doc["v"] = 6  # whole results followed by their digests
-    digests = [entry[5] for entry in state.applied.values()]
+    digests = [entry[5] for entry in window(state).values()]
     doc["applied"] = [[*result, digest] for result, digest in zip(whole_results(state), digests, strict=True)]
     assert UserState.from_bytes(json.dumps(doc).encode()).applied == state.applied
+    # versions 7 and 8: keys, then entries as lists
+    stored = json.loads(state.to_bytes())
+    assert UserState.from_bytes(json.dumps(as_version_8(stored)).encode()).applied == state.applied
 
 
 def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:

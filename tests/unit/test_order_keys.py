@@ -14,7 +14,7 @@ from processors.messages import Command, FillSettle, OrderHold, OrderRelease
 from processors.state import MEMORY_UNKNOWN, UserState
 from tests.unit.core import Engine, ctx
 from tests.unit.test_clock_tick import CFG, T0, USER, Partition, deposit, open_account, results, user_input
-from tests.unit.test_exactly_once import opened
+from tests.unit.test_exactly_once import as_version_8, opened
 
 KEEP_ONE = with_overrides(CFG, {"closed_orders_kept": 1, "fills_per_hold": 1})
 
@@ -110,8 +110,7 @@ def test_orders_of_a_state_stored_before_version_9_are_looked_up_in_the_memory()
     # as the code before version 9 wrote them
     ctx(CFG).remember(state, "f/o1/x1", 1, ctx(CFG).horizon())
     ctx(CFG).remember(state, "o/o0", 1, ctx(CFG).horizon())
-    doc = json.loads(state.to_bytes())
-    doc["v"] = 8
+    doc = as_version_8(json.loads(state.to_bytes()))
     doc["holds"] = {k: v[:3] for k, v in doc["holds"].items()}
     del doc["closed"]
     old = UserState.from_bytes(json.dumps(doc).encode())
