@@ -292,13 +292,23 @@ def test_caps_bound_what_a_user_can_make_the_engine_keep() -> None:
         assert out.result.reason == "UNKNOWN_ACCOUNT", "isolated pairs are listed markets"
     _, out = apply(state, transfer("long-id" * 50), ctx(CFG))
     assert out.result.reason == "MALFORMED_COMMAND"
+    longest = "x" * CFG.id_max  # ids as long as allowed, and each open order with as many fill ids as it keeps
     for i in range(CFG.open_holds_max):
-        hold = command(OrderHold, f"h{i}", "u", order_id=f"o{i}", account="spot", asset="USDT", amount="0.01")
+        order = f"{i:04d}{longest}"[:CFG.id_max]
+        hold = command(OrderHold, f"h{i}", "u", order_id=order, account="spot", asset="USDT", amount="0.01")
         state, out = apply(state, hold, ctx(CFG))
         assert out.result.status == "ACCEPTED"
+        for n in range(CFG.fills_per_hold + 1):
+            fill = command(FillSettle, f"f{i}/{n}", "u", fill_id=f"{n}{longest}"[:CFG.id_max], order_id=order,
+                           account="spot", pay_asset="USDT", pay_amount="0.000001", receive_asset="BTC",
+                           receive_amount="0.00000001", fee_amount="0")
+            state, out = apply(state, fill, ctx(CFG))
+            assert out.result.status == "ACCEPTED"
+    assert all(len(held.fills) == CFG.fills_per_hold for held in state.holds.values())
     _, out = apply(state, command(OrderHold, "one-more", "u", order_id="x", account="spot", asset="USDT",
                                   amount="0.01"), ctx(CFG))
     assert out.result.reason == "TOO_MANY_OPEN_HOLDS"
+    # 682 KB: 1,000 order ids and 4,000 fill ids of 128 characters
     assert len(state.to_bytes()) < 1_000_000, "under Kafka's default record limit with the most holds allowed"
 
 
