@@ -134,10 +134,11 @@ def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[st
     until = max(ctx.now_ms, state.window_ms) + ctx.cfg.dedup_horizon_ms
     for key, text in entries:
         ts_ms, kind, reason, detail, count, digest = accepted(text)
-        # "": an entry of a window stored before version 6. From version 5 its record was written as it applied;
-        # a version 3 or 4 entry (before the memory) has none, and is forgotten past the window as it was then.
-        if digest:
-            ctx.let_go(state, INPUT_RECORD + key, (kind, digest, ts_ms, reason, detail, count), until)
+        # "": an entry of a window stored before version 6. From version 5 its record was written as it applied,
+        # and stays; a version 3 or 4 entry (before the memory) has none, and gets one that knows no body.
+        if not digest and ctx.recall(state, INPUT_RECORD + key) is not None:
+            continue
+        ctx.let_go(state, INPUT_RECORD + key, (kind, digest, ts_ms, reason, detail, count), until)
 
 
 
@@ -238,4 +239,6 @@ def _legacy_digest(cmd: Command) -> str:
 
 
 def _same_body(known: str, digest: str, cmd: Command) -> bool:
-    return known == digest or (not known.startswith("x") and known == _legacy_digest(cmd))
+    """`known` "": the body is not known (an input applied before version 6 whose window entry had no digest
+    and no memory record): any body under its id is its resend, as the window then answered."""
+    return known == digest or not known or (not known.startswith("x") and known == _legacy_digest(cmd))

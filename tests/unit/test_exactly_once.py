@@ -200,6 +200,23 @@ def test_a_window_stored_before_digests_answers_from_the_memory_records() -> Non
     assert UserState.from_bytes(json.dumps(as_version_8(stored)).encode()).applied == state.applied
 
 
+def test_a_window_stored_before_the_memory_is_not_forgotten_past_it() -> None:
+    """A version 4 state's window had no digests, and its inputs no memory records: let go, an entry gets a
+    record that knows no body, and a resend still gets its first answer and moves nothing."""
+    state = opened()
+    state, first = apply(state, transfer("t1", "1"), ctx(CFG))
+    doc = as_version_8(json.loads(state.to_bytes()))
+    doc["v"] = 4
+    doc["applied"] = whole_results(state)
+    del doc["keys"]
+    old = UserState.from_bytes(json.dumps(doc).encode())
+    assert window(old)["user/t1"][5] == "" and "i/user/t1" not in Engine.memory.written.get("u", {})
+    old = past_window(old)
+    balance = old.available("spot", "USDT")
+    old, out = apply(old, transfer("t1", "1"), ctx(CFG))
+    assert out.result == first.result and out.lines == () and old.available("spot", "USDT") == balance
+
+
 def test_memory_records_with_the_earlier_digest_still_answer_resends() -> None:
     """Memory records written before the digest changed (blake2b of the items' repr) keep working."""
     state = opened()
