@@ -52,9 +52,13 @@ def present(field: str, value: str) -> str:
 
 
 def ident(cfg: EngineConfig, field: str, value: str) -> str:
-    """An id or name from a client: non-empty printable text of bounded length (it is kept in state)."""
+    """An id or name from a client: non-empty printable text of at most `id_max` bytes of UTF-8, without `"` or
+    `\\`. It is kept in state, whose byte bound counts it as stored: JSON writes UTF-8 as is (a character may
+    take 4 bytes) and escapes those two (each 2 bytes)."""
     if not value:
         raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not be empty")
-    if len(value) > cfg.id_max or not value.isprintable():
-        raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must be printable text of at most {cfg.id_max} characters")
+    if (len(value) > cfg.id_max or not value.isprintable() or '"' in value or "\\" in value
+            or (not value.isascii() and len(value.encode()) > cfg.id_max)):
+        raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must be printable text of at most {cfg.id_max} bytes "
+                                                 "of UTF-8, without \" or \\")
     return value

@@ -59,7 +59,7 @@ class EngineConfig:
     # The most recently closed orders per user, and the latest fills of each open order, are kept in the state;
     # older ones are let go to the engine's memory (processors.orders). Most users never close more orders
     # within a horizon, nor fill one order more often: their orders cost no memory record and no lookup. At
-    # most open_holds_max x fills_per_hold ids of fills in a state (1000 x 4 x id_max: 512 KB at worst).
+    # most open_holds_max x fills_per_hold ids of fills in a state (1000 x 4 x id_max bytes: 512 KB at worst).
     closed_orders_kept: int = 16
     fills_per_hold: int = 4
     closed_withdrawals_kept: int = 32
@@ -77,7 +77,7 @@ class EngineConfig:
     open_holds_max: int = 1000
     open_withdrawals_max: int = 16
     funded_accounts_max: int = 16  # sub-accounts holding any balance
-    id_max: int = 128  # characters of an input id, and of any id or name inside a body
+    id_max: int = 128  # bytes (UTF-8) of an input id, and of any id or name inside a body
     # Isolated margin exists for listed markets only: isolated:<BASE>-<QUOTE> for one of these.
     markets: frozenset[str] = DEFAULT_MARKETS
 

@@ -1,10 +1,11 @@
 """Order holds, their release, and fill settlement against the per-asset clearing account.
 
 Business keys, once: an order id holds funds once (DUPLICATE_ORDER_ID while open, and for the dedup horizon
-after it closed), and a fill id settles once per order (FILL_SETTLED while the order is open; once it closed,
-every fill on it is ORDER_CLOSED). The state keeps what is recent: the last `closed_orders_kept` closed orders
+after it closed), and a fill id settles once per order (FILL_SETTLED while it is among the open order's last
+fills, and for the dedup horizon after the order let go of it; once the order closed, every fill on it is
+ORDER_CLOSED). The state keeps what is recent: the last `closed_orders_kept` closed orders
 (`UserState.closed`) and each open order's last `fills_per_hold` fill ids (`Hold.fills`); older ones are let
-go to the engine's memory (`o/<order>`, `f/<order>/<fill>`) and looked up there only while the state's
+go to the engine's memory (`o/<order>`, `fill/<length>/<order>/<fill>`) and looked up there only while the state's
 `memory_until` says it let go of any (processors.context).
 """
 
@@ -47,8 +48,18 @@ def _closed(order_id: str) -> str:
 
 
 def _fill_key(order_id: str, fill_id: str) -> str:
-    """Memory key of a fill id an open order let go."""
-    return f"f/{order_id}/{fill_id}"
+    """Memory key of a fill id an open order let go. The order id's length first: ids may hold "/", and order
+    "a/b" with fill "c" is not order "a" with fill "b/c"."""
+    return f"fill/{len(order_id)}/{order_id}/{fill_id}"
+
+
+def _fill_let_go(state: UserState, ctx: Context, order_id: str, fill_id: str) -> bool:
+    if ctx.recall_let_go(state, _fill_key(order_id, fill_id)) is not None:
+        return True
+    # Releases before state version 9 remembered every fill for a horizon as f/<order>/<fill> (ambiguous, see
+    # above). A state they stored loads with memory_until unknown, and its first let-go covers two horizons:
+    # looked up while those records can live. Drop once every deployment ran version 9 for a horizon.
+    return ctx.recall_let_go(state, f"f/{order_id}/{fill_id}") is not None
 
 
 def _was_closed(state: UserState, ctx: Context, order_id: str) -> bool:
@@ -75,7 +86,7 @@ def _reduce(state: UserState, ctx: Context, order_id: str, held: Hold, amount: i
         closed = state.closed
         closed.pop(order_id, None)  # an entry past its horizon: the id was used again; now last in order
         closed[order_id] = ctx.horizon()
-        if len(closed) > ctx.cfg.closed_orders_kept:
+        while len(closed) > ctx.cfg.closed_orders_kept:
             oldest = next(iter(closed))
             until = closed.pop(oldest)
             if until > ctx.now_ms:
@@ -99,14 +110,15 @@ def release(state: UserState, cmd: Command, ctx: Context) -> Applied:
 
 
 def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
-    cfg = ctx.cfg
     """One side of a trade: pay from the hold into clearing, receive from clearing, fee to revenue."""
+    cfg = ctx.cfg
     body: FillSettle = cmd.body  # type: ignore[assignment]
     held = _open_hold(state, ctx, body["order_id"])
     # A fill id settles once per order side, however many inputs come between (matching engines replay
-    # fills after a restart, under new input ids too): remembered while the order is open.
+    # fills after a restart, under new input ids too): in the hold while among its last fills, then in the
+    # memory for a horizon (the span of every resend, as for input ids).
     fill_id = checks.ident(cfg, "fill_id", body["fill_id"])
-    if fill_id in held.fills or ctx.recall_let_go(state, _fill_key(body["order_id"], fill_id)) is not None:
+    if fill_id in held.fills or _fill_let_go(state, ctx, body["order_id"], fill_id):
         raise Rejected(Reason.FILL_SETTLED, f"fill {fill_id} was already settled on order {body['order_id']}")
     if (held.account, held.asset) != (body["account"], body["pay_asset"]):
         raise Rejected(
@@ -135,7 +147,7 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
     _reduce(state, ctx, body["order_id"], held, pay)
     if held.remaining:
         held.fills.append(fill_id)
-        if len(held.fills) > cfg.fills_per_hold:
+        while len(held.fills) > cfg.fills_per_hold:
             # until a horizon from now: a resend comes at most a horizon after the fill applied (the log keeps
             # it no longer), and fills come in order on one topic, so this one applied before now
             ctx.let_go(state, _fill_key(body["order_id"], held.fills.pop(0)), 1, ctx.horizon())

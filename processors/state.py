@@ -39,7 +39,9 @@ DepositStatus = Literal["seen", "credited", "below_minimum", "reverted"]
 # (`entry_text`), read only when its input is sent again or the window lets it go.
 Accepted = tuple[int, str, str | None, str, int, str]
 MEMORY_UNKNOWN: Final = -1  # UserState.memory_until of a state stored before version 9 (window_ms: before 8)
-_JSON: Final = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+# json.dumps with options builds an encoder per call. UTF-8 as is, as orjson writes it: an escape takes up to
+# 12 bytes for a 4-byte character, and the state's byte bound counts ids in UTF-8.
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DUMPS: Final = orjson.dumps  # bound once (processors.engine)
 
 
@@ -266,8 +268,8 @@ class UserState:
         user = doc["user"]
         window = doc["applied"]
         applied: dict[str, str]
-        if version >= 9:
-            applied = window  # input key -> entry text, in order
+        if version >= 9 and isinstance(window, dict):
+            applied = window  # input key -> entry text, in order (a list: written by this session's first v9 commits)
         elif version >= 7:
             keys = doc["keys"]
             entries: list[Accepted] = [tuple(entry) for entry in window]

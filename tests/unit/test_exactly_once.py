@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,6 +154,26 @@ def test_a_window_entry_reads_back_as_it_was_written(ts_ms: int, kind: str, reas
     """Whatever the detail holds (the separator too: it goes last)."""
     text = entry_text(ts_ms, kind, reason, count, digest, detail)
     assert accepted(text) == (ts_ms, kind, reason, detail, count, digest)
+
+
+# A version 9 state as the first commits of version 9 (a8da92b..48aa7d4, landed) stored it: the window a list of
+# entries with its keys beside, as versions 7 and 8; later ones store an object of entry texts by key.
+EARLY_VERSION_9 = (
+    b'{"v":9,"user":"u","opened":true,"kyc":1,"region":"DE","status":"normal","seq":4,"balances":[["spot","USDT",'
+    b'999000000,0,0],["margin","USDT",1000000,0,0]],"holds":{},"withdrawals":{},"parked":{},"through":{"":0},'
+    b'"mu":0,"wm":1700000000000,"keys":["user/u-open","user/t1"],"closed":{},"applied":[[0,"OpenAccount",null,'
+    b'"",0,"x4334d43482481f6c"],[0,"Transfer",null,"",2,"xe4cccd36833888dd"]]}'
+)
+
+
+def test_a_version_9_state_stored_with_its_window_as_a_list_loads_and_answers_resends() -> None:
+    state = UserState.from_bytes(EARLY_VERSION_9)
+    assert list(state.applied) == ["user/u-open", "user/t1"]
+    state, out = apply(state, transfer("t1", "1"), ctx(CFG))
+    assert out.result.status == "ACCEPTED" and out.lines == (), "the resend answered from the window"
+    state, out = apply(state, transfer("t1", "2"), ctx(CFG))
+    assert out.result.reason == "ID_REUSED", "another body under the id"
+    assert UserState.from_bytes(state.to_bytes()).applied == state.applied
 
 
 def test_a_window_stored_with_refusals_loads_without_them() -> None:
@@ -302,30 +323,46 @@ def test_a_reverted_deposit_reincluded_is_credited_again() -> None:
     assert again.lines == (), "and once only"
 
 
-def test_caps_bound_what_a_user_can_make_the_engine_keep() -> None:
+ASTRAL = "\U0001d431"  # printable, 4 bytes of UTF-8: an id of them is a quarter as long in characters
+
+
+@pytest.mark.parametrize("char, rich", [("x", False), (ASTRAL, True)], ids=["ascii", "4-byte-json-fallback"])
+def test_caps_bound_what_a_user_can_make_the_engine_keep(char: str, rich: bool) -> None:
     state = opened()
+    if rich:  # 19 ETH in wei passes 64 bits: orjson refuses the state and the json module writes it
+        eth = command(DepositConfirmed, "ethereum:0xeth:0", "u", chain="ethereum", tx_hash="0xeth", log_index=0,
+                      address=ADDR, asset="ETH", amount="19", block_number=1, account="spot")
+        state, out = apply(state, eth, ctx(CFG))
+        assert out.result.status == "ACCEPTED" and state.available("spot", "ETH") > 2**64
     for i in range(CFG.funded_accounts_max + 5):
         state, out = apply(state, transfer(f"iso{i}", "1", dst=f"isolated:X{i:02d}-USDT"), ctx(CFG))
         assert out.result.reason == "UNKNOWN_ACCOUNT", "isolated pairs are listed markets"
-    _, out = apply(state, transfer("long-id" * 50), ctx(CFG))
-    assert out.result.reason == "MALFORMED_COMMAND"
-    longest = "x" * CFG.id_max  # ids as long as allowed, and each open order with as many fill ids as it keeps
+    for too_long in ("long-id" * 50, ASTRAL * (CFG.id_max // 4 + 1), 'quote"d', "back\\slash"):
+        _, out = apply(state, transfer(too_long), ctx(CFG))
+        assert out.result.reason == "MALFORMED_COMMAND", too_long
+    # ids as many bytes as allowed, and each open order with as many fill ids as it keeps
+    longest = char * (CFG.id_max // len(char.encode()))
+
+    def longest_id(prefix: str) -> str:
+        return prefix + longest[len(prefix.encode()) // len(char.encode()) + 1:]
+
     for i in range(CFG.open_holds_max):
-        order = f"{i:04d}{longest}"[:CFG.id_max]
+        order = longest_id(f"{i:04d}")
+        assert len(order.encode()) <= CFG.id_max
         hold = command(OrderHold, f"h{i}", "u", order_id=order, account="spot", asset="USDT", amount="0.01")
         state, out = apply(state, hold, ctx(CFG))
-        assert out.result.status == "ACCEPTED"
+        assert out.result.status == "ACCEPTED", out.result
         for n in range(CFG.fills_per_hold + 1):
-            fill = command(FillSettle, f"f{i}/{n}", "u", fill_id=f"{n}{longest}"[:CFG.id_max], order_id=order,
+            fill = command(FillSettle, f"f{i}/{n}", "u", fill_id=longest_id(str(n)), order_id=order,
                            account="spot", pay_asset="USDT", pay_amount="0.000001", receive_asset="BTC",
                            receive_amount="0.00000001", fee_amount="0")
             state, out = apply(state, fill, ctx(CFG))
-            assert out.result.status == "ACCEPTED"
+            assert out.result.status == "ACCEPTED", out.result
     assert all(len(held.fills) == CFG.fills_per_hold for held in state.holds.values())
     _, out = apply(state, command(OrderHold, "one-more", "u", order_id="x", account="spot", asset="USDT",
                                   amount="0.01"), ctx(CFG))
     assert out.result.reason == "TOO_MANY_OPEN_HOLDS"
-    # 682 KB: 1,000 order ids and 4,000 fill ids of 128 characters
+    # 677 KB in ASCII, 666 KB in 4-byte characters: 1,000 order ids and 4,000 fill ids of 125 to 128 bytes
     assert len(state.to_bytes()) < 1_000_000, "under Kafka's default record limit with the most holds allowed"
 
 

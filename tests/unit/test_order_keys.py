@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from processors.config import with_overrides
+from processors.config import EngineConfig, with_overrides
 from processors.engine import apply
 from processors.inputs import command
 from processors.messages import Command, FillSettle, OrderHold, OrderRelease
@@ -35,9 +35,9 @@ def release(ts_ms: int, cmd_id: str, order: str) -> tuple[str, int, Command]:
 
 
 def order_records(part: Partition) -> dict[str, list[Any]]:
-    """The memory records of orders: `o/<order>` (closed) and `f/<order>/<fill>` (fill ids)."""
+    """The memory records of orders: `o/<order>` (closed) and `fill/<length>/<order>/<fill>` (fill ids)."""
     return {k.split("\x00", 2)[2]: v for k, v in part.store.memory().items()
-            if k.split("\x00", 2)[2][:2] in ("o/", "f/")}
+            if k.split("\x00", 2)[2].startswith(("o/", "fill/"))}
 
 
 def reason(part: Partition, *inputs: tuple[str, int, Command]) -> str:
@@ -88,7 +88,7 @@ def test_a_fill_id_its_open_order_lets_go_still_settles_once() -> None:
     part.step(open_account(T0), deposit(T0, "0xfund"))
     part.step(hold(T0, "h1", "o1"), fill(T0 + 1, "f1", "o1", "x1"))
     part.step(fill(T0 + 2, "f2", "o1", "x2"))  # lets x1 go
-    assert list(order_records(part)) == ["f/o1/x1"] and stored(part).holds["o1"].fills == ["x2"]
+    assert list(order_records(part)) == ["fill/2/o1/x1"] and stored(part).holds["o1"].fills == ["x2"]
     btc = stored(part).available("spot", "BTC")
     assert reason(part, fill(T0 + 3, "f1-replayed", "o1", "x1")) == "FILL_SETTLED"
     assert reason(part, fill(T0 + 3, "f2-replayed", "o1", "x2")) == "FILL_SETTLED"
@@ -124,3 +124,45 @@ def test_orders_of_a_state_stored_before_version_9_are_looked_up_in_the_memory()
     assert out.result.status == "ACCEPTED" and old.memory_until == Engine.now_ms + 2 * CFG.dedup_horizon_ms
     old, out = apply(old, x1._replace(id="f1-replayed-again"), ctx(CFG, Engine.now_ms + CFG.dedup_horizon_ms - 1))
     assert out.result.reason == "FILL_SETTLED", "still looked up"
+
+
+def test_fill_ids_of_two_orders_never_shadow_each_other() -> None:
+    """Ids may hold "/": order "a/b" with fill "c" let go must not settle fill "b/c" of order "a"."""
+    part = Partition(KEEP_ONE)
+    part.step(open_account(T0), deposit(T0, "0xfund"))
+    part.step(hold(T0, "h1", "a/b"), hold(T0, "h2", "a"))
+    part.step(fill(T0 + 1, "f1", "a/b", "c"), fill(T0 + 2, "f2", "a/b", "d"))  # lets "c" of "a/b" go
+    assert list(order_records(part)) == ["fill/3/a/b/c"]
+    assert reason(part, fill(T0 + 3, "f3", "a", "b/c")) == "ACCEPTED"
+    assert reason(part, fill(T0 + 4, "f1-replayed", "a/b", "c")) == "FILL_SETTLED"
+
+
+SMALLER = with_overrides(CFG, {"closed_orders_kept": 2, "fills_per_hold": 2})
+
+
+def shrink_to(part: Partition, cfg: EngineConfig) -> None:
+    """The same stored states, read under smaller caps (a config override, or a later release's defaults)."""
+    part.processor.cfg = cfg
+
+
+def test_closing_an_order_under_a_smaller_closed_orders_kept_trims_to_it() -> None:
+    part = Partition()
+    part.step(open_account(T0), deposit(T0, "0xfund"))
+    for n in range(5):
+        part.step(hold(T0 + n, f"h{n}", f"o{n}", "1"), release(T0 + n, f"r{n}", f"o{n}"))
+    part.step(hold(T0 + 10, "h9", "o9", "1"))
+    shrink_to(part, SMALLER)
+    assert reason(part, release(T0 + 11, "r9", "o9")) == "ACCEPTED"
+    assert list(stored(part).closed) == ["o4", "o9"] and sorted(order_records(part)) == [f"o/o{n}" for n in range(4)]
+    assert reason(part, hold(T0 + 12, "h0-again", "o0")) == "DUPLICATE_ORDER_ID"
+
+
+def test_a_fill_under_a_smaller_fills_per_hold_trims_to_it() -> None:
+    part = Partition()
+    part.step(open_account(T0), deposit(T0, "0xfund"))
+    part.step(hold(T0, "h1", "o1", "50"), *(fill(T0 + n, f"f{n}", "o1", f"x{n}") for n in range(4)))
+    shrink_to(part, SMALLER)
+    assert reason(part, fill(T0 + 10, "f9", "o1", "x9")) == "ACCEPTED"
+    assert stored(part).holds["o1"].fills == ["x3", "x9"]
+    for n in range(4):
+        assert reason(part, fill(T0 + 11, f"f{n}-replayed", "o1", f"x{n}")) == "FILL_SETTLED"
