@@ -49,6 +49,8 @@ class Reason(StrEnum):
     BAD_WITHDRAWAL_STATE = "BAD_WITHDRAWAL_STATE"  # e.g. approving one already broadcast
     ALREADY_APPROVED = "ALREADY_APPROVED"  # the same approver twice
     WITHDRAWAL_CLOSED = "WITHDRAWAL_CLOSED"  # a chain event for a withdrawal that ended (and was pruned)
+    # margin
+    BAD_PRICE = "BAD_PRICE"  # a mark price that is not a positive decimal of at most 18 decimals, or beyond any market
     # flags on accepted inputs
     REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen
     PARKED = "PARKED"  # a chain event for a withdrawal or an account not there yet: applied when it appears
