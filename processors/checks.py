@@ -52,13 +52,21 @@ def present(field: str, value: str) -> str:
 
 
 def ident(cfg: EngineConfig, field: str, value: str) -> str:
-    """An id or name from a client: non-empty printable text of at most `id_max` bytes of UTF-8, without `"` or
-    `\\`. It is kept in state, whose byte bound counts it as stored: JSON writes UTF-8 as is (a character may
-    take 4 bytes) and escapes those two (each 2 bytes)."""
+    """An id or name from a client: non-empty printable text of at most `id_max` bytes of UTF-8 (it is kept in
+    state, whose byte bound counts bytes: a character may take 4)."""
     if not value:
         raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not be empty")
-    if (len(value) > cfg.id_max or not value.isprintable() or '"' in value or "\\" in value
-            or (not value.isascii() and len(value.encode()) > cfg.id_max)):
+    if len(value) > cfg.id_max or not value.isprintable() or (not value.isascii() and len(value.encode()) > cfg.id_max):
         raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must be printable text of at most {cfg.id_max} bytes "
-                                                 "of UTF-8, without \" or \\")
+                                                 "of UTF-8")
+    return value
+
+
+def order_key(cfg: EngineConfig, field: str, value: str) -> str:
+    """An order id or fill id: an `ident` without `"` or `\\`. A state keeps up to open_holds_max x
+    (1 + fills_per_hold) of them, and JSON stores each of those two characters escaped, in 2 bytes: ids of
+    them would double the state's bound (test_caps_bound_...)."""
+    ident(cfg, field, value)
+    if '"' in value or "\\" in value:
+        raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not hold \" or \\")
     return value

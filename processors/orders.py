@@ -24,7 +24,7 @@ from processors.state import Hold, UserState
 def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
     cfg = ctx.cfg
     body: OrderHold = cmd.body  # type: ignore[assignment]
-    order_id = checks.ident(cfg, "order_id", body["order_id"])
+    order_id = checks.order_key(cfg, "order_id", body["order_id"])
     if order_id in state.holds:
         raise Rejected(Reason.DUPLICATE_ORDER_ID, f"order {order_id} already holds funds")
     if _was_closed(state, ctx, order_id):
@@ -117,7 +117,7 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
     # A fill id settles once per order side, however many inputs come between (matching engines replay
     # fills after a restart, under new input ids too): in the hold while among its last fills, then in the
     # memory for a horizon (the span of every resend, as for input ids).
-    fill_id = checks.ident(cfg, "fill_id", body["fill_id"])
+    fill_id = checks.order_key(cfg, "fill_id", body["fill_id"])
     if fill_id in held.fills or _fill_let_go(state, ctx, body["order_id"], fill_id):
         raise Rejected(Reason.FILL_SETTLED, f"fill {fill_id} was already settled on order {body['order_id']}")
     if (held.account, held.asset) != (body["account"], body["pay_asset"]):

@@ -337,9 +337,13 @@ def test_caps_bound_what_a_user_can_make_the_engine_keep(char: str, rich: bool) 
     for i in range(CFG.funded_accounts_max + 5):
         state, out = apply(state, transfer(f"iso{i}", "1", dst=f"isolated:X{i:02d}-USDT"), ctx(CFG))
         assert out.result.reason == "UNKNOWN_ACCOUNT", "isolated pairs are listed markets"
-    for too_long in ("long-id" * 50, ASTRAL * (CFG.id_max // 4 + 1), 'quote"d', "back\\slash"):
+    for too_long in ("long-id" * 50, ASTRAL * (CFG.id_max // 4 + 1)):
         _, out = apply(state, transfer(too_long), ctx(CFG))
         assert out.result.reason == "MALFORMED_COMMAND", too_long
+    for escaped in ('quote"d', "back\\slash"):  # stored escaped, in twice the bytes
+        _, out = apply(state, command(OrderHold, "h", "u", order_id=escaped, account="spot", asset="USDT",
+                                      amount="0.01"), ctx(CFG))
+        assert out.result.reason == "MALFORMED_COMMAND", escaped
     # ids as many bytes as allowed, and each open order with as many fill ids as it keeps
     longest = char * (CFG.id_max // len(char.encode()))
 
