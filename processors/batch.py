@@ -18,7 +18,10 @@ from processors.config import EngineConfig
 from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
+from processors.margin import parse_price
+from processors.market import Market
 from processors.messages import Command, LedgerLine, Outcome, Result
+from processors.money import Rejected, parse_amount
 from processors.reasons import Reason
 from processors.state import UserState, to_json
 from processors.wire import (
@@ -87,6 +90,10 @@ class Step:
     deletions: list[tuple[int, bytes]] = field(default_factory=list)
     # users whose state is deleted if, at the end of the step, they never opened and nothing waits for them
     dropped: set[str] = field(default_factory=set)
+    # partition -> its market (processors.market) as the step changes it, and as the step found it
+    markets: dict[int, Market] = field(default_factory=dict)
+    market_priors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    markets_changed: set[int] = field(default_factory=set)
     commands: int = 0
     dead_letters: int = 0
     quarantined: int = 0  # inputs on which the core failed: dead-lettered, INTERNAL_ERROR, state untouched
@@ -98,7 +105,7 @@ class Step:
 
     def memory_entries(self, owner: Callable[[str], int], period_ms: int) -> list[tuple[int, bytes, bytes | None]]:
         """(partition, users-table key, value; None deletes) of what the step deletes, then of the index
-        entries of the memory records it wrote, then of the records."""
+        entries of the memory records it wrote, then of the records, then of the markets it changed."""
         entries: list[tuple[int, bytes, bytes | None]] = [(p, key, None) for p, key in self.deletions]
         records: list[tuple[int, bytes, bytes | None]] = []
         expiring: dict[tuple[int, int], list[list[str]]] = {}  # (partition, period end) -> [user, key] pairs
@@ -118,6 +125,13 @@ class Step:
                 # shorter list, which must not replace the first one (its records would never be swept).
                 tag = f"{topic}/{first}/{hashlib.blake2b(value, digest_size=8).hexdigest()}"
                 entries.append((partition, index_key(partition, end, tag), value))
+        for partition in sorted(self.markets_changed):
+            topic, first, _ = self.runs[partition][0]
+            # With the market as the step found it: if the step is interrupted after this and re-applied, it
+            # starts from there again (`BatchProcessor._market`), and each input sees the prices it saw.
+            stored = {"step": [topic, first], "prior": self.market_priors[partition],
+                      "now": self.markets[partition].to_doc()}
+            records.append((partition, market_key(partition), to_json(stored)))
         return entries + records
 
     def encoded_states(self) -> dict[str, bytes | None]:
@@ -139,6 +153,10 @@ def memory_key(user: str, key: str) -> bytes:
     unambiguously. In the users table, not a table of its own: within a partition its changelog then keeps
     the order in which a step writes its memory records and its states (the records first)."""
     return f"\x00m/{user}\x00{key}".encode()
+
+
+def market_key(partition: int) -> bytes:
+    return f"\x00k/{partition}".encode()
 
 
 def index_prefix(partition: int) -> str:
@@ -214,7 +232,7 @@ class BatchProcessor:
                 if source.replay:
                     self._restore(step, source.partition, cmd.user_id, load)
                 elif cmd.source == SYSTEM and cmd.kind in KINDS and KINDS[cmd.kind].per_partition:
-                    self._tick(step, source, value, cmd, load, recall, scan)
+                    self._system(step, source, value, cmd, load, recall, scan)
                 else:
                     self._apply(step, source, value, cmd, load)
         header = CODEC.header("ResultBatch")
@@ -285,15 +303,64 @@ class BatchProcessor:
             step.dropped.add(cmd.user_id)
         self._emit(step, partition, outcome)
 
-    def _tick(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader, recall: Recall,
-              scan: Scan) -> None:
+    def _system(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader, recall: Recall,
+                scan: Scan) -> None:
+        """An input for the whole partition: a clock tick, a mark price, a pool's rate. Refused ones go to the
+        dead-letter topic with their bytes (a system input has no user to answer)."""
+        partition = source.partition
+        if cmd.body.get("partition") != partition:
+            self._dead_letter(step, source, value, f"WRONG_PARTITION: {cmd.kind} for partition "
+                                                   f"{cmd.body.get('partition')!r} on partition {partition}")
+            return
+        if cmd.kind == "ClockTick":
+            self._tick(step, source, load, recall, scan)
+            return
+        market = self._market(step, partition, recall)
+        try:
+            if cmd.kind == "MarkPrice":
+                asset = self._priced(cmd.body["asset"])
+                price = parse_price(cmd.body["price"])
+                # its age counts from the prices topic's time, never from later than now
+                market.set_price(asset, price, min(int(cmd.body["priced_ms"]), source.ts_ms), source.ts_ms)
+            else:
+                found = self.cfg.rate_models.get(cmd.body["asset"])
+                if found is None:
+                    raise Rejected(Reason.UNKNOWN_ASSET, f"{cmd.body['asset']!r} has no lending pool")
+                scale = self.cfg.assets[cmd.body["asset"]].scale
+                borrowed = parse_amount(cmd.body["borrowed"], scale, allow_zero=True)
+                supplied = parse_amount(cmd.body["supplied"], scale, allow_zero=True)
+                market.set_rate(cmd.body["asset"], found.hourly(borrowed, supplied), source.ts_ms)
+        except Rejected as refused:
+            self._dead_letter(step, source, value, f"{refused.reason.value}: {cmd.kind}: {refused.detail}")
+            return
+        step.markets_changed.add(partition)
+
+    def _priced(self, asset: str) -> str:
+        if asset not in self.cfg.assets or asset == self.cfg.valuation_asset:
+            raise Rejected(Reason.UNKNOWN_ASSET, f"{asset!r}: not a listed asset priced in {self.cfg.valuation_asset}")
+        return asset
+
+    def _market(self, step: Step, partition: int, recall: Recall) -> Market:
+        """The partition's market as the step's first input found it. A stored market written by this very step
+        (interrupted after storing it, now re-applied from the journal) is taken as that step found it."""
+        market = step.markets.get(partition)
+        if market is not None:
+            return market
+        raw = recall(partition, market_key(partition))
+        if raw is None:
+            market = Market()
+        else:
+            stored = json.loads(raw)
+            topic, first, _ = step.runs[partition][0]
+            market = Market.from_doc(stored["prior"] if stored["step"] == [topic, first] else stored["now"])
+        step.markets[partition] = market
+        step.market_priors[partition] = market.to_doc()
+        return market
+
+    def _tick(self, step: Step, source: Source, load: Loader, recall: Recall, scan: Scan) -> None:
         """A clock tick: delete the partition's memory records that expired by engine time (less the grace),
         listed by index entries of the hours before; a user's PARKED_DUE record gets that user a tick."""
         partition = source.partition
-        if cmd.body.get("partition") != partition:
-            self._dead_letter(step, source, value, f"WRONG_PARTITION: a tick for partition "
-                                                   f"{cmd.body.get('partition')!r} on partition {partition}")
-            return
         step.ticks += 1
         due = source.ts_ms - self.cfg.sweep_grace_ms
         lo = index_prefix(partition).encode()

@@ -94,6 +94,25 @@ class ClockTick(TypedDict):
     partition: int
 
 
+class MarkPrice(TypedDict):
+    """A mark price for one partition's users (processors.market): units of the valuation asset per whole unit
+    of `asset`, priced at broker time `priced_ms` on the prices topic."""
+
+    partition: int
+    asset: str
+    price: str
+    priced_ms: int
+
+
+class BorrowRate(TypedDict):
+    """An asset's lending pool, exchange-wide, for one partition: its utilization sets the hourly rate."""
+
+    partition: int
+    asset: str
+    borrowed: str
+    supplied: str
+
+
 class WithdrawalRef(TypedDict):
     """What the kinds below have in common: the withdrawal they name (all the handlers read of most)."""
 

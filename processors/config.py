@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from processors.money import Asset
+from processors.rates import RateModel, model
 
 SUB_ACCOUNTS: Final = frozenset({"spot", "margin", "futures", "staking"})
 _ISOLATED: Final = re.compile(r"isolated:([A-Z0-9]{2,12})-([A-Z0-9]{2,12})")
@@ -80,6 +81,12 @@ class EngineConfig:
     id_max: int = 128  # bytes (UTF-8) of an input id, and of any id or name inside a body
     # Isolated margin exists for listed markets only: isolated:<BASE>-<QUOTE> for one of these.
     markets: frozenset[str] = DEFAULT_MARKETS
+    # Margin (processors.margin, processors.market): assets are valued in this one, at mark prices at most
+    # price_max_age_ms old (an older price is no price: it never liquidates); each lending pool's hourly rate
+    # follows its utilization by its model (processors.rates). An asset without a model cannot be borrowed.
+    valuation_asset: str = "USDT"
+    price_max_age_ms: int = 30_000
+    rate_models: dict[str, RateModel] = field(default_factory=dict)
 
     def valid_account(self, account: str, asset: str) -> bool:
         """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> of a listed market, holding one
@@ -113,6 +120,14 @@ def default_config() -> EngineConfig:
             "ETH": rules("ETH", "0.001", "0.01", "0.001", "20", "200"),
             "USDT": rules("USDT", "1", "10", "1", "10000", "100000"),
             "USDC": rules("USDC", "1", "10", "1", "10000", "100000"),
+        },
+        # Kinked models of Aave v3's shape; the figures are this exchange's, set by its treasury: stablecoins
+        # 4% a year up to 90% utilization, steep above; BTC and ETH with a lower kink.
+        rate_models={
+            "USDT": model("0", "0.04", "0.6", "0.9"),
+            "USDC": model("0", "0.04", "0.6", "0.9"),
+            "BTC": model("0", "0.04", "3", "0.45"),
+            "ETH": model("0", "0.027", "0.8", "0.8"),
         },
         chains={
             "ethereum": Chain("ethereum", _EVM, 12, frozenset({"ETH", "USDT", "USDC"})),

@@ -1,7 +1,7 @@
 """The one registry of input kinds: where each kind is declared once.
 
 Every input has a source: a user command (API gateway, matching engine), the chain (watcher, signer),
-an operator, or the system (clock ticks, later liquidations and price moves). Each source writes its
+an operator, or the system (clock ticks, mark prices, pool rates; later liquidations). Each source writes its
 own topic (Kafka ACLs keep them apart, DESIGN §7), and an input id is unique within its source only:
 deduplication keys on (source, id), so no input of one source can shadow another's (a user cannot
 pre-empt their own deposit's id). Routing (streams.client), the source check (processors.engine), the
@@ -20,12 +20,14 @@ from processors.applied import Applied
 from processors.context import Context
 from processors.messages import (
     AccountUnfreeze,
+    BorrowRate,
     ClockTick,
     Command,
     DepositConfirmed,
     DepositReverted,
     DepositSeen,
     FillSettle,
+    MarkPrice,
     OpenAccount,
     OrderHold,
     OrderRelease,
@@ -98,6 +100,8 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind(WithdrawalConfirmed, CHAIN, withdrawals.confirmed),
     Kind(WithdrawalFailed, CHAIN, withdrawals.failed),
     Kind(ClockTick, SYSTEM, accounts.not_per_user, per_partition=True),
+    Kind(MarkPrice, SYSTEM, accounts.not_per_user, per_partition=True),
+    Kind(BorrowRate, SYSTEM, accounts.not_per_user, per_partition=True),
 )}
 CHAIN_KINDS: Final = frozenset(k.name for k in KINDS.values() if k.source == CHAIN)
 _BY_BODY: Final[dict[object, Kind]] = {k.body: k for k in KINDS.values()}

@@ -26,7 +26,7 @@ class Market:
     __slots__ = ("charged_hour", "index", "prices", "rates")
 
     def __init__(self) -> None:
-        self.prices: dict[str, tuple[int, int]] = {}  # asset -> (mark price, engine time it arrived)
+        self.prices: dict[str, tuple[int, int]] = {}  # asset -> (mark price, time it was priced)
         self.rates: dict[str, int] = {}  # asset -> hourly borrow rate in force (processors.rates units)
         self.index: dict[str, int] = {}  # asset -> the sum of the hourly rates charged through charged_hour
         self.charged_hour = NO_HOUR
@@ -54,11 +54,12 @@ class Market:
         hours = hour_of(now_ms) - self.charged_hour
         return index + hours * self.rates.get(asset, 0) if hours > 0 else index
 
-    def set_price(self, asset: str, price: int, now_ms: int) -> None:
-        assert price > 0
+    def set_price(self, asset: str, price: int, priced_ms: int, now_ms: int) -> None:
+        """`price` in force from engine time `now_ms`; its age counts from `priced_ms` (at or before now)."""
+        assert price > 0 and priced_ms <= now_ms
         assert asset in self.prices or len(self.prices) < PRICES_MAX, f"more than {PRICES_MAX} priced assets"
         self.advance(now_ms)
-        self.prices[asset] = (price, now_ms)
+        self.prices[asset] = (price, priced_ms)
 
     def set_rate(self, asset: str, hourly: int, now_ms: int) -> None:
         assert hourly >= 0

@@ -38,11 +38,13 @@ class Command(NamedTuple):
 # keeps only a compiled TypedDict's own keys, without its bases or union types, and the registry's test
 # and the sink read the fields off these types. The core and its callers name them from here.
 AccountUnfreeze = bodies.AccountUnfreeze
+BorrowRate = bodies.BorrowRate
 ClockTick = bodies.ClockTick
 DepositConfirmed = bodies.DepositConfirmed
 DepositReverted = bodies.DepositReverted
 DepositSeen = bodies.DepositSeen
 FillSettle = bodies.FillSettle
+MarkPrice = bodies.MarkPrice
 OpenAccount = bodies.OpenAccount
 OrderHold = bodies.OrderHold
 OrderRelease = bodies.OrderRelease

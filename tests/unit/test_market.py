@@ -28,16 +28,16 @@ def test_hours_are_charged_at_the_rate_in_force_at_each_mark() -> None:
 
 def test_a_stale_price_is_no_price() -> None:
     market = Market()
-    market.set_price("BTC", 64_000, T0)
-    assert market.price("BTC", T0 + 30_000, max_age_ms=30_000) == 64_000
-    assert market.price("BTC", T0 + 30_001, max_age_ms=30_000) is None
+    market.set_price("BTC", 64_000, T0 - 1_000, T0)
+    assert market.price("BTC", T0 + 29_000, max_age_ms=30_000) == 64_000, "its age counts from when it was priced"
+    assert market.price("BTC", T0 + 29_001, max_age_ms=30_000) is None
     assert market.price("ETH", T0, max_age_ms=30_000) is None
 
 
 def test_the_market_is_stored_as_it_is() -> None:
     market = Market()
     market.set_rate("USDT", 7, T0)
-    market.set_price("BTC", 64_000, T0 + 3 * H)
+    market.set_price("BTC", 64_000, T0 + 3 * H, T0 + 3 * H)
     again = Market.from_doc(market.to_doc())
     assert again.to_doc() == market.to_doc() and again.index_at("USDT", T0 + 9 * H) == 63
 
