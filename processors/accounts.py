@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors import checks
+from processors import checks, loans
 from processors.applied import Applied
 from processors.context import Context
 from processors.ledger import TRANSFER, Entry, entry_id
@@ -22,6 +22,8 @@ def transfer(state: UserState, cmd: Command, ctx: Context) -> Applied:
         raise Rejected(Reason.SAME_ACCOUNT, f"from and to are both {src}")
     amount = checks.amount(cfg, asset, body["amount"])
     checks.funds(state, src, asset, amount)
+    if state.loans:
+        loans.check_out(state, ctx, src, asset, amount)
     # fewer balances than the cap means fewer funded sub-accounts too: the set is built only near the cap
     if len(state.balances) >= cfg.funded_accounts_max:
         funded = state.funded_accounts()

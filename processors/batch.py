@@ -234,7 +234,7 @@ class BatchProcessor:
                 elif cmd.source == SYSTEM and cmd.kind in KINDS and KINDS[cmd.kind].per_partition:
                     self._system(step, source, value, cmd, load, recall, scan)
                 else:
-                    self._apply(step, source, value, cmd, load)
+                    self._apply(step, source, value, cmd, load, recall)
         header = CODEC.header("ResultBatch")
         for partition, n, results in self._chunks(step, step.results, RESULTS_PER_RECORD):
             step.records.append((RESULTS, None, header + result_batch_body(n, step.ts_ms, results), partition))
@@ -260,7 +260,8 @@ class BatchProcessor:
         if state is not None:
             step.states[user] = (partition, state)
 
-    def _apply(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader) -> None:
+    def _apply(self, step: Step, source: Source, value: bytes | None, cmd: Command, load: Loader,
+               recall: Recall) -> None:
         partition = source.partition
         step.commands += 1
         if not cmd.user_id or len(cmd.user_id) > self.cfg.id_max or not cmd.user_id.isprintable():
@@ -285,7 +286,8 @@ class BatchProcessor:
             step.skipped += 1
             step.states[cmd.user_id] = (partition, state)
             return
-        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset)
+        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset,
+                      self._market(step, partition, recall))
         try:
             assert not self.fail_on or cmd.id != self.fail_on, f"fault injection: {cmd.id}"
             state, outcome = apply(state, cmd, ctx)
@@ -315,7 +317,9 @@ class BatchProcessor:
         if cmd.kind == "ClockTick":
             self._tick(step, source, load, recall, scan)
             return
-        market = self._market(step, partition, recall)
+        # A changed copy: the contexts of inputs applied before keep the market they saw (a quarantine
+        # re-applies them with those contexts).
+        market = self._market(step, partition, recall).copy()
         try:
             if cmd.kind == "MarkPrice":
                 asset = self._priced(cmd.body["asset"])
@@ -333,6 +337,7 @@ class BatchProcessor:
         except Rejected as refused:
             self._dead_letter(step, source, value, f"{refused.reason.value}: {cmd.kind}: {refused.detail}")
             return
+        step.markets[partition] = market
         step.markets_changed.add(partition)
 
     def _priced(self, asset: str) -> str:

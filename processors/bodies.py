@@ -94,6 +94,18 @@ class ClockTick(TypedDict):
     partition: int
 
 
+class Borrow(TypedDict):
+    """A loan from the asset's lending pool into a margin account (processors.loans)."""
+
+    account: str
+    asset: str
+    amount: str
+
+
+class Repay(Borrow):
+    """Pays a margin account's loan: interest first, then principal; at most what is owed."""
+
+
 class MarkPrice(TypedDict):
     """A mark price for one partition's users (processors.market): units of the valuation asset per whole unit
     of `asset`, priced at broker time `priced_ms` on the prices topic."""

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from processors.margin import CROSS_3X, MarginTier, tier
 from processors.money import Asset
 from processors.rates import RateModel, model
 
@@ -87,6 +88,18 @@ class EngineConfig:
     valuation_asset: str = "USDT"
     price_max_age_ms: int = 30_000
     rate_models: dict[str, RateModel] = field(default_factory=dict)
+    # The lines of the cross margin account, and of each listed market's isolated account (none: no isolated
+    # margin for that market).
+    cross_tier: MarginTier = CROSS_3X
+    isolated_tiers: dict[str, MarginTier] = field(default_factory=dict)
+
+    def margin_tier(self, account: str) -> MarginTier | None:
+        """The tier of a margin account: `margin`, or isolated:<BASE>-<QUOTE> of a market with isolated margin."""
+        if account == "margin":
+            return self.cross_tier
+        if account.startswith("isolated:"):
+            return self.isolated_tiers.get(account[len("isolated:"):])
+        return None
 
     def valid_account(self, account: str, asset: str) -> bool:
         """spot / margin / futures / staking, or isolated:<BASE>-<QUOTE> of a listed market, holding one
@@ -113,8 +126,10 @@ def default_config() -> EngineConfig:
             parse_amount(auto, s), parse_amount(two, s),
         )
 
+    isolated = tier("isolated-5x", 5, "2", "1.25", "1.16", "1.1")
     return EngineConfig(
         assets=assets,
+        isolated_tiers={market: isolated for market in DEFAULT_MARKETS},
         rules={
             "BTC": rules("BTC", "0.0001", "0.001", "0.0002", "1", "10"),
             "ETH": rules("ETH", "0.001", "0.01", "0.001", "20", "200"),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from processors.config import EngineConfig
+from processors.market import Market
 from processors.state import MEMORY_UNKNOWN, UserState
 
 NEVER: Final = 0  # a memory record that does not expire
@@ -116,15 +117,17 @@ class Context:
     """Per input: engine time, config, the input's position, the engine's memory. A plain slotted class
     so that building one per input is cheap (compiled, no Python-level call)."""
 
-    __slots__ = ("cfg", "memory", "now_ms", "offset", "topic")
+    __slots__ = ("cfg", "market", "memory", "now_ms", "offset", "topic")
 
     def __init__(self, now_ms: int, cfg: EngineConfig, memory: Memory | None = None, topic: str = "",
-                 offset: int = 0) -> None:
+                 offset: int = 0, market: Market | None = None) -> None:
         self.now_ms = now_ms
         self.cfg = cfg
         self.memory = memory if memory is not None else Memory()
         self.topic = topic
         self.offset = offset
+        # the partition's prices and rates in force (None: the caller has none; a loan is then refused)
+        self.market = market
 
     def recall(self, state: UserState, key: str) -> Any:
         return self.memory.get(state, key, self.now_ms)

@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from processors import accounts, deposits, messages, orders, withdrawals
+from processors import accounts, deposits, loans, messages, orders, withdrawals
 from processors.applied import Applied
 from processors.context import Context
 from processors.messages import (
     AccountUnfreeze,
+    Borrow,
     BorrowRate,
     ClockTick,
     Command,
@@ -31,6 +32,7 @@ from processors.messages import (
     OpenAccount,
     OrderHold,
     OrderRelease,
+    Repay,
     Transfer,
     WithdrawalApprove,
     WithdrawalBroadcast,
@@ -89,6 +91,8 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind(OrderRelease, USER, orders.release),
     Kind(FillSettle, USER, orders.fill),
     Kind(Transfer, USER, accounts.transfer, blocked_when_frozen=True),
+    Kind(Borrow, USER, loans.borrow, blocked_when_frozen=True),
+    Kind(Repay, USER, loans.repay),
     Kind(WithdrawalRequest, USER, withdrawals.request, blocked_when_frozen=True),
     Kind(WithdrawalCancel, USER, withdrawals.cancel),
     Kind(WithdrawalApprove, OPERATOR, withdrawals.approve, blocked_when_frozen=True),

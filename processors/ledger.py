@@ -30,8 +30,10 @@ FILL: Final = "FILL"
 WITHDRAWAL_FREEZE: Final = "WITHDRAWAL_FREEZE"
 WITHDRAWAL: Final = "WITHDRAWAL"
 WITHDRAWAL_RETURN: Final = "WITHDRAWAL_RETURN"
+BORROW: Final = "BORROW"
+REPAY: Final = "REPAY"
 ENTRY_TYPES: Final = frozenset((DEPOSIT, DEPOSIT_REVERSAL, TRANSFER, ORDER_HOLD, ORDER_RELEASE, FILL,
-                                WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN))
+                                WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN, BORROW, REPAY))
 
 # System accounts: the exchange's own side of an entry. Their lines have user_id SYSTEM_USER, bucket
 # "balance", and an account named SYSTEM_PREFIX + name; their balances live in the ledger only.
@@ -40,6 +42,13 @@ SYSTEM_PREFIX: Final = "sys:"
 CLEARING: Final = "sys:clearing"  # both sides of every fill: nets to zero per asset across the sides
 FEE_REVENUE: Final = "sys:fee_revenue"  # trading and withdrawal fees
 CUSTODY_PREFIX: Final = "sys:custody:"  # + chain: what the exchange holds on that chain, negated
+# Margin loans (processors.loans). A loan moves the pool's funds to the user (LENDING_POOL) and books the
+# user's debt against the exchange's claim on it (LOANS_RECEIVABLE); interest charged to a user's loan is
+# income when it is booked (INTEREST_INCOME), and the user's liability until paid (bucket "interest").
+LENDING_POOL: Final = "sys:lending_pool"
+LOANS_RECEIVABLE: Final = "sys:loans_receivable"
+INTEREST_INCOME: Final = "sys:interest_income"
+_SYSTEM_ACCOUNTS: Final = frozenset((CLEARING, FEE_REVENUE, LENDING_POOL, LOANS_RECEIVABLE, INTEREST_INCOME))
 
 
 def custody(chain: str) -> str:
@@ -100,11 +109,26 @@ class Entry(Applied):
                                      state.user_id, account, bucket, asset, amount, before, after, state.seq))
         self._sum(asset, amount)
 
+    def interest(self, account: str, asset: str, amount: int) -> None:
+        """Post to the interest a margin loan owes (`UserState.loans`); `amount` is the ledger amount
+        (-liability), as for `borrowed`. The loan exists: its handler made it, or found it."""
+        assert amount != 0, "a zero line says nothing"
+        state = self.state
+        loan = state.loans[(account, asset)]
+        before = loan.interest
+        after = before - amount
+        assert after >= 0, f"{state.user_id} {account}/{asset}/interest: {before} - {amount} < 0"
+        loan.interest = after
+        state.seq += 1
+        self.posted.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.posted),
+                                     state.user_id, account, "interest", asset, amount, -before, -after, state.seq))
+        self._sum(asset, amount)
+
     def system(self, account: str, asset: str, amount: int) -> None:
         """Post to a system account (CLEARING, FEE_REVENUE, custody(chain)); its balance lives in the ledger,
         not in user state."""
         assert amount != 0, "a zero line says nothing"
-        assert account in (CLEARING, FEE_REVENUE) or account.startswith(CUSTODY_PREFIX), f"{account}: no system account"
+        assert account in _SYSTEM_ACCOUNTS or account.startswith(CUSTODY_PREFIX), f"{account}: no system account"
         state = self.state
         state.seq += 1
         self.posted.append(LedgerLine(state.user_id, self.ts_ms, self.entry_id, self.entry_type, len(self.posted),

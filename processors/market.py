@@ -31,6 +31,14 @@ class Market:
         self.index: dict[str, int] = {}  # asset -> the sum of the hourly rates charged through charged_hour
         self.charged_hour = NO_HOUR
 
+    def copy(self) -> Market:
+        market = Market()
+        market.prices = dict(self.prices)
+        market.rates = dict(self.rates)
+        market.index = dict(self.index)
+        market.charged_hour = self.charged_hour
+        return market
+
     def advance(self, now_ms: int) -> int:
         """Charge the full hours up to `now_ms` at the rates in force; the number of hours charged. A time
         behind the hours charged (an input topic read behind another) charges nothing."""

@@ -15,7 +15,7 @@ SYSTEM: Final = "system"
 SOURCES: Final = (USER, CHAIN, OPERATOR, SYSTEM)
 
 Status = Literal["ACCEPTED", "REJECTED"]
-Bucket = Literal["available", "frozen", "borrowed", "balance"]
+Bucket = Literal["available", "frozen", "borrowed", "interest", "balance"]
 
 
 class Command(NamedTuple):
@@ -38,6 +38,7 @@ class Command(NamedTuple):
 # keeps only a compiled TypedDict's own keys, without its bases or union types, and the registry's test
 # and the sink read the fields off these types. The core and its callers name them from here.
 AccountUnfreeze = bodies.AccountUnfreeze
+Borrow = bodies.Borrow
 BorrowRate = bodies.BorrowRate
 ClockTick = bodies.ClockTick
 DepositConfirmed = bodies.DepositConfirmed
@@ -48,6 +49,7 @@ MarkPrice = bodies.MarkPrice
 OpenAccount = bodies.OpenAccount
 OrderHold = bodies.OrderHold
 OrderRelease = bodies.OrderRelease
+Repay = bodies.Repay
 Transfer = bodies.Transfer
 WithdrawalApprove = bodies.WithdrawalApprove
 WithdrawalBroadcast = bodies.WithdrawalBroadcast

@@ -51,6 +51,11 @@ class Reason(StrEnum):
     WITHDRAWAL_CLOSED = "WITHDRAWAL_CLOSED"  # a chain event for a withdrawal that ended (and was pruned)
     # margin
     BAD_PRICE = "BAD_PRICE"  # a mark price that is not a positive decimal of at most 18 decimals, or beyond any market
+    NOT_A_MARGIN_ACCOUNT = "NOT_A_MARGIN_ACCOUNT"  # loans are for margin and isolated:<PAIR> accounts only
+    NO_LENDING_POOL = "NO_LENDING_POOL"  # the asset cannot be borrowed, or its pool's rate is not known yet
+    PRICE_UNAVAILABLE = "PRICE_UNAVAILABLE"  # an asset of the account has no mark price, or only a stale one
+    MARGIN_LEVEL_TOO_LOW = "MARGIN_LEVEL_TOO_LOW"  # the loan or the transfer out would cross the tier's line
+    NOTHING_TO_REPAY = "NOTHING_TO_REPAY"  # no loan of this asset in this account
     # flags on accepted inputs
     REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen
     PARKED = "PARKED"  # a chain event for a withdrawal or an account not there yet: applied when it appears

@@ -23,11 +23,11 @@ BORROWED: Final = 2
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
 # 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`;
 # 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`), the window's
-# entries as text (`entry_text`) by input key
-STATE_VERSION: Final = 9
+# entries as text (`entry_text`) by input key; 10: margin loans' interest and index readings (`loans`)
+STATE_VERSION: Final = 10
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8, 9})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8, 9, 10})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -129,6 +129,22 @@ class Withdrawal(Value):
         return self.amount + self.fee
 
 
+class Loan(Value):
+    """What a margin account owes on its loan of one asset besides the principal (the balance's `borrowed`):
+    interest booked and not paid, and the asset's borrow index through which it is booked (processors.rates:
+    what the principal owes more is principal x (index now - `index`)). A plain class, as `Hold`."""
+
+    __slots__ = ("index", "interest")
+
+    def __init__(self, interest: int, index: int) -> None:
+        assert interest >= 0 and index >= 0
+        self.interest = interest
+        self.index = index
+
+    def fields(self) -> tuple[int, int]:
+        return (self.interest, self.index)
+
+
 @dataclass(slots=True)
 class Deposit:
     asset: str
@@ -150,6 +166,8 @@ class UserState:
     balances: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+    # (margin sub-account, asset) -> its loan's interest and index reading, while it owes principal or interest
+    loans: dict[tuple[str, str], Loan] = field(default_factory=dict)
     # deposits of a state written before version 5 (since then they live in the engine's memory)
     legacy_deposits: dict[str, Deposit] = field(default_factory=dict)
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
@@ -231,6 +249,9 @@ class UserState:
                 held[(w.account, w.asset)] = held.get((w.account, w.asset), 0) + w.frozen
         for key, triple in self.balances.items():
             assert triple[FROZEN] == held.get(key, 0), f"{self.user_id} {key}: frozen != open holds"
+        for key in self.loans:
+            # (a debt without a loan is a reverted deposit's shortfall: processors.deposits)
+            assert self.balances.get(key, (0, 0, 0))[BORROWED] > 0, f"{self.user_id} {key}: a loan without principal"
 
     # -- serialization -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -256,6 +277,8 @@ class UserState:
             "closed": self.closed,
             "applied": self.applied,
         }
+        if self.loans:
+            doc["loans"] = [[a, s, loan.interest, loan.index] for (a, s), loan in self.loans.items()]
         if self.legacy_deposits:
             doc["deposits"] = {k: [d.asset, d.amount, d.account, d.status] for k, d in self.legacy_deposits.items()}
         return to_json(doc)
@@ -302,6 +325,7 @@ class UserState:
             balances={(a, s): [av, fr, bo] for a, s, av, fr, bo in doc["balances"]},
             holds={k: Hold(*v) for k, v in doc["holds"].items()},
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
+            loans={(a, s): Loan(interest, index) for a, s, interest, index in doc.get("loans", ())},
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),

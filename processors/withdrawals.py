@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from processors import checks
+from processors import checks, loans
 from processors.applied import Applied
 from processors.config import EngineConfig
 from processors.context import NEVER, Context
@@ -54,6 +54,8 @@ def request(state: UserState, cmd: Command, ctx: Context) -> Applied:
     if fee < rules.withdrawal_fee:
         raise Rejected(Reason.BAD_FEE, f"the fee must be at least {rules.withdrawal_fee} minor units")
     checks.funds(state, account, asset, amount + fee)
+    if state.loans:
+        loans.check_out(state, ctx, account, asset, amount + fee)
     required = 0 if amount < rules.auto_approve_below else 1 if amount < rules.two_approvers_from else 2
     w = Withdrawal(account, chain.name, asset, amount, fee, body["address"],
                    "approved" if required == 0 else "pending_approval", required)

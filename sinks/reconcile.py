@@ -73,6 +73,10 @@ def engine_state(states: Iterable[UserState], cfg: EngineConfig) -> EngineState:
             for bucket, minor in (("available", available), ("frozen", frozen), ("borrowed", -borrowed)):
                 if minor:
                     balances[(st.user_id, account, bucket, asset)] = Decimal(minor).scaleb(-scale)
+        for (account, asset), loan in st.loans.items():  # interest booked on a margin loan and not paid
+            if loan.interest:
+                key = (st.user_id, account, "interest", asset)
+                balances[key] = Decimal(-loan.interest).scaleb(-cfg.assets[asset].scale)
     return EngineState(balances, seqs)
 
 

@@ -291,3 +291,38 @@ def test_posflow_sql_prints_a_table(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "SELECT nope"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 1 and "ClickHouse refused the query" in bad.stderr
+
+
+def test_reconcile_covers_margin_loans_and_their_interest(chdb_store: ChdbStore) -> None:
+    """A borrow, hours of interest and a partial repayment, landed: the ledger's borrowed and interest buckets
+    equal the engine's loans; an edited interest line is named."""
+    from tests.unit.test_loans import T0, at, borrow, market, repay, to
+
+    states: dict[str, UserState] = {}
+    lines: list[LedgerLine] = []
+    later = T0 + 5 * 3_600_000
+    inputs = [
+        (command(OpenAccount, "open", "u", kyc_tier=1, region="DE"), T0),
+        (command(DepositConfirmed, "ethereum:0xfund:0", "u", chain="ethereum", tx_hash="0xfund", log_index=0,
+                 address="0x" + "11" * 20, asset="USDT", amount="1000", block_number=1, account="spot"), T0),
+        (to("margin", "1000"), T0), (borrow("b", "1500"), T0), (repay("r", "0.001"), later),
+    ]
+    m = market()
+    m.set_price("BTC", 60_000, later, later)
+    for cmd, now in inputs:
+        state, out = apply(states.get("u"), cmd, at(now, m))
+        assert out.result.status == "ACCEPTED", out.result
+        states["u"] = state
+        lines.extend(out.lines)
+    loan = states["u"].loans[("margin", "USDT")]
+    # 1,500 x RATE an hour is 0.003425 up: 0.001 pays part of the first hour's; the rest and 5 hours are owed
+    assert loan.interest > 0 and states["u"].balances[("margin", "USDT")][2] == 1_500 * 10**6, "interest first"
+    _land(chdb_store, lines)
+    engine = engine_state(states.values(), CFG)
+    clean = reconcile(chdb_store, engine, lag={})
+    assert clean.ok, clean.differences
+    victim = next(ln for ln in lines if ln.bucket == "interest")
+    _plant(chdb_store, "edited amount", victim)
+    report = reconcile(chdb_store, engine, lag={})
+    named = [d for d in report.differences if d[0] == "balances equal the engine's" and d[3] == "margin"]
+    assert named, report.differences
