@@ -16,17 +16,21 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.batch import BatchProcessor, Source, Step
+from processors.batch import BatchProcessor, Source, Step, market_key
 from processors.config import default_config
 from processors.inputs import command
 from processors.messages import (
+    Borrow,
+    BorrowRate,
     Command,
     DepositConfirmed,
     DepositReverted,
     FillSettle,
+    MarkPrice,
     OpenAccount,
     OrderHold,
     OrderRelease,
+    Repay,
     Transfer,
 )
 from processors.state import UserState
@@ -42,10 +46,17 @@ from tests.unit.test_batch import PARTITIONS, batched, encoded
 CFG = dataclasses.replace(default_config(), applied_window=2, closed_orders_kept=1, fills_per_hold=1)
 P = 1
 USERS = [u for u in (f"user{i}" for i in range(1000)) if partition_for(u.encode(), PARTITIONS) == P][:3]
-COMMANDS, CHAIN = "t.commands", "t.chain"
+COMMANDS, CHAIN, SYSTEM = "t.commands", "t.chain", "t.system"
+# Mark prices the system topic cycles through: a loan of 0.0001 BTC on margin USDT is allowed at some and
+# refused at others, so an input re-applied with another price than it first saw gives another answer.
+BTC_PRICES = ("20000", "60000", "150000", "400000")
 
 
 def _input(topic: str, n: int, user: str, kind: int) -> Command:
+    if topic == SYSTEM:
+        if kind == 0:
+            return command(BorrowRate, f"rate-{n}", "", partition=P, asset="BTC", borrowed="1", supplied="10")
+        return command(MarkPrice, f"price-{n}", "", partition=P, asset="BTC", price=BTC_PRICES[n % 4], priced_ms=0)
     if topic == CHAIN:
         return command(DepositConfirmed, f"ethereum:0x{n:04x}:0", user, chain="ethereum", tx_hash=f"0x{n:04x}",
                        log_index=0, address="0x" + "1" * 40, asset="USDT", amount="20", block_number=n,
@@ -55,13 +66,17 @@ def _input(topic: str, n: int, user: str, kind: int) -> Command:
     # two order ids and three fill ids: orders reopen, fills repeat, closed orders come back, and both are let
     # go to the memory (in 150 examples: ~50 closed orders, ~80 fill ids)
     order, fill_id = f"o{(n // 8) % 2}", f"x{(n // 2) % 3}"
-    if n % 4 == 1:
+    if n % 6 == 1:
         return command(OrderHold, f"h{n}", user, order_id=order, account="spot", asset="USDT", amount="3")
-    if n % 4 == 2:
+    if n % 6 == 2:
         return command(FillSettle, f"f{n}", user, fill_id=fill_id, order_id=order, account="spot", pay_asset="USDT",
                        pay_amount="1", receive_asset="BTC", receive_amount="0.0001", fee_amount="0")
-    if n % 4 == 3:
+    if n % 6 == 3:
         return command(OrderRelease, f"r{n}", user, order_id=order, amount=None)
+    if n % 6 == 4:  # valued at the BTC price in force: refused at some prices
+        return command(Borrow, f"b{n}", user, account="margin", asset="BTC", amount="0.0001")
+    if n % 6 == 5:
+        return command(Repay, f"p{n}", user, account="margin", asset="BTC", amount="0.00005")
     return command(Transfer, f"t{n}", user, asset="USDT", amount="7", from_account="spot", to_account="margin")
 
 
@@ -77,7 +92,7 @@ class Log:
     """Two input topics of one partition: what the broker holds."""
 
     def __init__(self) -> None:
-        self.topics: dict[str, list[bytes]] = {COMMANDS: [], CHAIN: []}
+        self.topics: dict[str, list[bytes]] = {COMMANDS: [], CHAIN: [], SYSTEM: []}
 
     def append(self, topic: str, value: bytes) -> tuple[Source, bytes]:
         self.topics[topic].append(value)
@@ -103,7 +118,7 @@ def run(inputs: list[tuple[Source, bytes]], stored: dict[str, bytes]) -> Step:
         raw = stored.get(user)
         return UserState.from_bytes(raw) if raw is not None else None
 
-    return BatchProcessor(CFG, PARTITIONS, {COMMANDS: "user", CHAIN: "chain"}).run(
+    return BatchProcessor(CFG, PARTITIONS, {COMMANDS: "user", CHAIN: "chain", SYSTEM: "system"}).run(
         inputs, load, lambda partition, key: stored.get(key.decode()))
 
 
@@ -120,8 +135,8 @@ def store(step: Step, stored: dict[str, bytes], users: list[str] | None = None) 
 
 
 # (topic, user, inputs in the record)
-arrivals = st.lists(st.tuples(st.sampled_from([COMMANDS, CHAIN]), st.integers(0, len(USERS) - 1), st.integers(1, 3)),
-                    min_size=2, max_size=40)
+arrivals = st.lists(st.tuples(st.sampled_from([COMMANDS, CHAIN, SYSTEM]), st.integers(0, len(USERS) - 1),
+                              st.integers(1, 3)), min_size=2, max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
@@ -130,6 +145,7 @@ def test_reapplying_the_journal_gives_the_same_outputs_over_any_stored_subset(
         first: list[tuple[str, int, int]], later: list[tuple[str, int, int]], kept: list[bool]) -> None:
     log = Log()
     opening = [log.append(*record(COMMANDS, n, u, 0)) for n, u in enumerate(USERS)]
+    opening += [log.append(*record(SYSTEM, 0, "", 0))]  # the BTC pool's rate
     stored: dict[str, bytes] = {}
     store(run(opening, stored), stored)
     step1 = [log.append(*record(topic, 100 + n, USERS[u], 1, k)) for n, (topic, u, k) in enumerate(first)]
@@ -153,13 +169,14 @@ def test_reapplying_the_journal_gives_the_same_outputs_over_any_stored_subset(
         assert item == expected[key], f"{key} re-sent with other content"
     unstored = {u for u, keep in zip(USERS, kept, strict=True) if not keep}
     assert {i["user_id"] for k, i in outputs(again).items() if k.startswith("result:")} <= unstored
-    assert again.skipped == sum(k for (_, u, k) in first if USERS[u] not in unstored)
+    assert again.skipped == sum(k for (topic, u, k) in first if topic != SYSTEM and USERS[u] not in unstored)
     store(again, crashed)
     sent3 = run(later_inputs, crashed)
     store(sent3, crashed)
     assert outputs(sent3) == outputs(sent2)
     assert {u: UserState.from_bytes(b) for u, b in crashed.items() if not u.startswith("\x00")} == \
         {u: UserState.from_bytes(b) for u, b in reference.items() if not u.startswith("\x00")}
+    assert crashed.get(market_key(P).decode()) == reference.get(market_key(P).decode())
 
 
 
