@@ -1,14 +1,20 @@
 """Stateful property test: random input sequences (valid, invalid, duplicated) against a reference
 model written independently of the core. After every step: no balance negative, every asset's ledger
 lines sum to zero across all accounts, ledger-derived balances equal the engine's, state equals model.
+
+Margin: a BTC mark price that moves and ages, hours of engine time passing, loans and repayments in the
+cross margin account; the model values the account with fractions (holdings down, debts up), charges simple
+hourly interest on the principal from the hour it last booked, and pays interest before principal.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, ParamSpec, TypeVar
 
 from hypothesis import HealthCheck, settings
@@ -16,9 +22,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from processors.config import AssetRules, EngineConfig, default_config
+from processors.context import Context
 from processors.engine import apply
 from processors.inputs import command
+from processors.margin import parse_price
+from processors.market import Market
 from processors.messages import (
+    Borrow,
     Command,
     DepositConfirmed,
     DepositReverted,
@@ -27,6 +37,7 @@ from processors.messages import (
     OpenAccount,
     OrderHold,
     OrderRelease,
+    Repay,
     Result,
     Transfer,
     WithdrawalApprove,
@@ -37,8 +48,9 @@ from processors.messages import (
     WithdrawalRequest,
 )
 from processors.money import format_amount
+from processors.rates import HOUR_MS, RATE_ONE
 from processors.state import UserState
-from tests.unit.core import Engine, ctx
+from tests.unit.core import Engine
 
 BASE = default_config()
 SCALE = {"USDT": 6, "BTC": 8}
@@ -55,7 +67,11 @@ CFG = EngineConfig(
     # few closed orders and fill ids kept in the state: the model's nine order ids are let go to the memory
     closed_orders_kept=2,
     fills_per_hold=1,
+    rate_models=BASE.rate_models,
 )
+# The pools' hourly rates: USDT 45% lent out (2% a year), BTC 10% (of its 45% kink at 4%)
+RATES = {"USDT": BASE.rate_models["USDT"].hourly(45, 100), "BTC": BASE.rate_models["BTC"].hourly(10, 100)}
+BTC_PRICES = ("20000", "45000.5", "60000", "150000")
 USERS = ("alice", "bob", "carol")
 ACCOUNTS = ("spot", "margin")
 ADDRESS = "0x" + "ab" * 20
@@ -74,6 +90,8 @@ class ModelUser:
     parked: dict[str, list[str]] = field(default_factory=dict)  # withdrawal id -> chain steps waiting for it
     frozen: bool = False
     closed: set[str] = field(default_factory=set)  # order ids whose hold closed: used, and they take no fill
+    # (margin account, asset) -> [interest booked and unpaid, the hour through which it is booked]
+    loans: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 STEP_KIND = {"cancel": WithdrawalCancel.__name__, "broadcast": WithdrawalBroadcast.__name__,
@@ -91,6 +109,7 @@ users = st.sampled_from(USERS)
 assets = st.sampled_from(sorted(SCALE))
 accounts = st.sampled_from(ACCOUNTS)
 units = st.integers(min_value=1, max_value=250)
+margin_mostly = st.sampled_from(["margin", "margin", "margin", "spot"])
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -105,6 +124,16 @@ class EngineMachine(RuleBasedStateMachine):
         # chain events for a user whose account is not open yet: they wait for it, in arrival order
         self.waiting: dict[str, list[tuple[str, object]]] = {u: [] for u in USERS}
         self.n = 0
+        # the partition's market, as the engine keeps it, and the model's own view of it
+        self.now = Engine.now_ms
+        self.market = Market()
+        for asset, rate in RATES.items():
+            self.market.set_rate(asset, rate, self.now)
+        self.start_hour = self.now // HOUR_MS
+        self.btc: tuple[Fraction, int] | None = None  # USDT per BTC, and when it was priced
+
+    def ctx(self) -> Context:
+        return Context(self.now, CFG, Engine.memory, market=self.market)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def send(self, body: Callable[_Fields, _Body], user: str, /, *args: _Fields.args,
@@ -115,7 +144,7 @@ class EngineMachine(RuleBasedStateMachine):
     def send_input(self, cmd: Command) -> Result:
         self.n += 1
         cmd = cmd._replace(ts_ms=self.n)
-        state, outcome = apply(self.states[cmd.user_id], cmd, ctx(CFG))
+        state, outcome = apply(self.states[cmd.user_id], cmd, self.ctx())
         self.states[cmd.user_id] = state
         assert cmd.id not in self.results, "test ids are unique"
         self.results[cmd.id] = outcome.result
@@ -138,9 +167,12 @@ class EngineMachine(RuleBasedStateMachine):
     # -- rules ------------------------------------------------------------------------------------
     @initialize()
     def open_two(self) -> None:
-        """alice and bob start open; carol stays unknown until a rule opens her."""
+        """alice and bob start open, with USDT in their margin accounts and a BTC price; carol stays unknown
+        until a rule opens her."""
         for user in ("alice", "bob"):
             self.open_account(user)
+            self.deposit(user, "USDT", "margin", 200 + len(user), 31 + len(user))  # 100-102 USDT
+        self.btc_price(2)
 
     @precondition(lambda self: any(m is None for m in self.model.values()))
     @rule(user=users)
@@ -268,10 +300,136 @@ class EngineMachine(RuleBasedStateMachine):
         r = self.send(Transfer, user, asset=asset, amount=amount_text(asset, amount), from_account=src, to_account=dst)
         m = self.user(user)
         ok = m is not None and not m.frozen and src != dst and m.bal[(src, asset, "available")] >= amount
+        if ok and m is not None and src == "margin" and m.loans:
+            # an indebted margin account keeps a level above 2 (transfer out), valued at fresh prices only
+            refusal = self._out_refusal(m, asset, amount)
+            if refusal is not None:
+                self.expect(r, False, refusal)
+                return
         if self.expect(r, ok):
             assert m is not None
             m.bal[(src, asset, "available")] -= amount
             m.bal[(dst, asset, "available")] += amount
+
+    # -- margin -----------------------------------------------------------------------------------
+    @rule(pick=st.integers(0, 3))
+    def btc_price(self, pick: int) -> None:
+        self.market.set_price("BTC", parse_price(BTC_PRICES[pick]), self.now, self.now)
+        self.btc = (Fraction(BTC_PRICES[pick]), self.now)
+
+    @rule(minutes=st.sampled_from([1, 20, 60, 150]))
+    def time_passes(self, minutes: int) -> None:
+        """Engine time moves on: prices age (30 s make one stale), full hours charge interest."""
+        self.now += minutes * 60_000
+
+    def _hour(self) -> int:
+        return self.now // HOUR_MS
+
+    def _fresh_btc(self) -> Fraction | None:
+        if self.btc is None or self.now - self.btc[1] > CFG.price_max_age_ms:
+            return None
+        return self.btc[0]
+
+    def _value(self, asset: str, minor: int, up: bool) -> int | None:
+        """USDT minor units (scale 6) of `minor` units of `asset`; None without a fresh price."""
+        if asset == "USDT":
+            return minor
+        price = self._fresh_btc()
+        if price is None:
+            return None
+        exact = Fraction(minor * UNIT["USDT"], UNIT["BTC"]) * price
+        return math.ceil(exact) if up else math.floor(exact)
+
+    def _accrued(self, m: ModelUser, account: str, asset: str) -> int:
+        """Interest since the loan last booked: the principal times each full hour's rate, rounded up."""
+        hours = self._hour() - m.loans[(account, asset)][1]
+        return math.ceil(Fraction(m.bal[(account, asset, "borrowed")] * RATES[asset] * hours, RATE_ONE))
+
+    def _level(self, m: ModelUser, account: str) -> tuple[int, int] | None:
+        """(assets, liabilities) of the account; None when an asset it holds or owes has no fresh price."""
+        assets = liabilities = 0
+        for asset in SCALE:
+            held = m.bal[(account, asset, "available")] + m.bal[(account, asset, "frozen")]
+            owed = m.bal[(account, asset, "borrowed")]
+            if (account, asset) in m.loans:
+                owed += m.loans[(account, asset)][0] + self._accrued(m, account, asset)
+            if not (held or owed):
+                continue
+            up, down = self._value(asset, owed, True), self._value(asset, held, False)
+            if up is None or down is None:
+                return None
+            assets, liabilities = assets + down, liabilities + up
+        return assets, liabilities
+
+    def _out_refusal(self, m: ModelUser, asset: str, amount: int) -> str | None:
+        level, out = self._level(m, "margin"), self._value(asset, amount, True)
+        if level is None or out is None:
+            return "PRICE_UNAVAILABLE"
+        assets, liabilities = level[0] - out, level[1]
+        return "MARGIN_LEVEL_TOO_LOW" if assets < 0 or Fraction(assets, liabilities) <= 2 else None
+
+    def _book(self, m: ModelUser, account: str, asset: str) -> None:
+        if (account, asset) in m.loans:
+            m.loans[(account, asset)][0] += self._accrued(m, account, asset)
+            m.loans[(account, asset)][1] = self._hour()
+
+    @rule(user=users, asset=assets, account=margin_mostly, u=st.integers(1, 400))
+    def borrow(self, user: str, asset: str, account: str, u: int) -> None:
+        amount = u * UNIT[asset] // (2 if asset == "USDT" else 10_000)  # up to 200 USDT, 0.04 BTC
+        r = self.send(Borrow, user, account=account, asset=asset, amount=amount_text(asset, amount))
+        m = self.user(user)
+        if m is None:
+            self.expect(r, False, "UNKNOWN_USER")
+            return
+        if m.frozen or account != "margin":
+            self.expect(r, False, "ACCOUNT_FROZEN" if m.frozen else "NOT_A_MARGIN_ACCOUNT")
+            return
+        first_hour = math.ceil(Fraction(amount * RATES[asset], RATE_ONE))
+        level, got, owe = self._level(m, account), self._value(asset, amount, False), self._value(
+            asset, amount + first_hour, True)
+        if level is None or got is None or owe is None:
+            self.expect(r, False, "PRICE_UNAVAILABLE")
+            return
+        if Fraction(level[0] + got, level[1] + owe) < Fraction(3, 2):  # the 3x tier's borrow line
+            self.expect(r, False, "MARGIN_LEVEL_TOO_LOW")
+            return
+        self.expect(r, True)
+        self._book(m, account, asset)
+        loan = m.loans.setdefault((account, asset), [0, self._hour()])
+        loan[0] += first_hour
+        m.bal[(account, asset, "available")] += amount
+        m.bal[(account, asset, "borrowed")] += amount
+
+    @rule(user=users, asset=assets, account=margin_mostly, u=st.integers(1, 400), pick=st.integers(0, 100))
+    def repay(self, user: str, asset: str, account: str, u: int, pick: int) -> None:
+        owing = sorted((name, a) for name, m_ in self.model.items() if m_ for (_, a) in m_.loans)
+        if owing and pick % 5 and account == "margin":  # mostly a loan that exists
+            user, asset = owing[pick % len(owing)]
+        amount = u * UNIT[asset] // (10 if asset == "USDT" else 10_000)
+        r = self.send(Repay, user, account=account, asset=asset, amount=amount_text(asset, amount))
+        m = self.user(user)
+        if m is None or account != "margin" or (account, asset) not in m.loans:
+            self.expect(r, False, "UNKNOWN_USER" if m is None else "NOT_A_MARGIN_ACCOUNT" if account != "margin"
+                        else "NOTHING_TO_REPAY")
+            return
+        owed_interest = m.loans[(account, asset)][0] + self._accrued(m, account, asset)
+        principal = m.bal[(account, asset, "borrowed")]
+        pay = min(amount, owed_interest + principal)
+        if not self.expect(r, m.bal[(account, asset, "available")] >= pay, None):
+            assert r.reason == "INSUFFICIENT_FUNDS", r
+            return
+        self._book(m, account, asset)
+        on_interest = min(pay, owed_interest)
+        m.loans[(account, asset)][0] -= on_interest
+        m.bal[(account, asset, "available")] -= pay
+        m.bal[(account, asset, "borrowed")] -= pay - on_interest
+        if not m.bal[(account, asset, "borrowed")]:
+            assert not m.loans[(account, asset)][0], "interest is paid first"
+            del m.loans[(account, asset)]
+
+    @rule(user=users, u=units)
+    def transfer_out_of_margin(self, user: str, u: int) -> None:
+        self.transfer(user, "USDT", "margin", "spot", u * 2)  # 0.2 to 50 USDT
 
     @rule(user=users, asset=assets, u=st.integers(1, 60), fee_units=st.integers(0, 3), wid=st.integers(0, 30))
     def withdraw(self, user: str, asset: str, u: int, fee_units: int, wid: int) -> None:
@@ -395,7 +553,7 @@ class EngineMachine(RuleBasedStateMachine):
         if cmd.kind == "DepositConfirmed" and m is not None and m.deps.get(cmd.id, [None] * 4)[3] == "reverted":
             return  # the confirmation of a reverted deposit again is its re-inclusion: credited again (test_rejections)
         before = copy.deepcopy(self.states[cmd.user_id])
-        state, outcome = apply(self.states[cmd.user_id], cmd, ctx(CFG))
+        state, outcome = apply(self.states[cmd.user_id], cmd, self.ctx())
         assert state == before, "a duplicate changed the state"
         assert outcome.lines == () and outcome.events == ()
         if cmd.kind == "DepositConfirmed":  # known by its deposit's record: answered with what became of it
@@ -442,6 +600,9 @@ class EngineMachine(RuleBasedStateMachine):
             assert {k: w.status for k, w in state.withdrawals.items()} == {k: w["status"] for k, w in m.wds.items()}
             assert {k: [e[2] for e in v] for k, v in state.parked.items()} == {
                 k: [STEP_KIND[s] for s in v] for k, v in m.parked.items()}
+            assert {k: loan.interest for k, loan in state.loans.items()} == {k: v[0] for k, v in m.loans.items()}
+            for (account, asset), loan in state.loans.items():
+                assert derived[(user, account, asset, "interest")] == -loan.interest, (user, account, asset)
             assert UserState.from_bytes(state.to_bytes()) == state
 
 

@@ -13,7 +13,7 @@ from processors.inputs import command
 from processors.ledger import INTEREST_INCOME, LENDING_POOL, LOANS_RECEIVABLE
 from processors.margin import parse_price
 from processors.market import Market
-from processors.messages import Borrow, Command, LedgerLine, Repay, Transfer
+from processors.messages import Borrow, Command, DepositConfirmed, LedgerLine, Repay, Transfer
 from processors.rates import HOUR_MS, RATE_ONE, hour_of
 from processors.state import UserState
 from tests.unit.core import Engine
@@ -153,3 +153,19 @@ def test_isolated_margin_is_valued_apart_from_cross() -> None:
     assert run(state, to("spot", "1", src="isolated:BTC-USDT"))[1] == "MARGIN_LEVEL_TOO_LOW"
     state, reason, _ = run(state, to("spot", "500", src="margin"))
     assert reason == "ACCEPTED"
+
+
+def test_holdings_count_rounded_down_and_debts_up() -> None:
+    """1 satoshi at 64,250.5 USDT is 0.000642505 USDT: it counts as 0.000642. A loan of 0.001282 USDT (first hour
+    0.000000003 -> 0.000001): (0.000642 + 0.001282) / 0.001283 = 1.49961 < 1.5, refused; had the satoshi counted
+    0.000643, 1.50039 would pass."""
+    btc = command(DepositConfirmed, "bitcoin:0xbtc:0", "u", chain="bitcoin", tx_hash="0xbtc", log_index=0,
+                  address="bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", asset="BTC", amount="0.001",
+                  block_number=1, account="spot")
+    state, reason, _ = run(opened(), btc)
+    assert reason == "ACCEPTED"
+    state, reason, _ = run(state, to("margin", "0.00000001", asset="BTC"))
+    assert reason == "ACCEPTED"
+    m = market(btc="64250.5")
+    assert run(state, borrow("b", "0.001282"), T0, m)[1] == "MARGIN_LEVEL_TOO_LOW"
+    assert run(state, borrow("b-less", "0.001281"), T0, m)[1] == "ACCEPTED"  # (642 + 1281) / 1282 = 1.50000
