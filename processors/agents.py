@@ -44,14 +44,15 @@ from processors.inputs import SYSTEM, command
 from processors.messages import ClockTick
 from processors.money import format_amount
 from processors.state import UserState
-from processors.wire import command_to_avro
-from schemas import CODEC
+from processors.wire import command_to_avro, dead_letter_to_avro
+from schemas import CODEC, DecodeError
 from streams.app import collector_paused
 from streams.changelog import ChangelogWriter
 from streams.config import Settings
 from streams.kafka import consumer_config, read_range, watermarks
+from streams.market import copies
 from streams.output import OutputProducer
-from streams.topics import INPUTS, input_sources
+from streams.topics import DEAD_LETTER, INPUTS, PRICES, input_sources
 
 TAKE_MAX = 1000  # input records per poll
 TAKE_WITHIN_S = 0.01  # a poll waits this long at most for TAKE_MAX records
@@ -117,6 +118,7 @@ class Counters:
     skipped: int = 0  # commands an interrupted step had already stored in their user's state
     ticks: int = 0  # clock ticks applied (each sweeps its partition's expired memory records)
     swept: int = 0  # expired memory records deleted by ticks
+    fanned_out: int = 0  # prices and rates copied to every partition of system-inputs
     decoded: int = 0  # user states decoded from the table (not found in the cache of live states)
     # seconds spent per phase of a step, and waiting for the next poll
     process_s: float = 0.0
@@ -380,6 +382,28 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             if not ticker:
                 ticker.append(OutputProducer(settings))
             await ticker[0].deliver([(INPUTS[SYSTEM], None, _clock_tick(p, now_ms), p) for p in owned])
+
+    prices = app.topic(PRICES.name(settings), key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+    fanner: list[OutputProducer] = []  # its own producer, as the ticker's
+
+    @app.agent(prices)
+    async def fan_out(stream: Any) -> None:
+        """Each price and rate from the prices topic to every partition of system-inputs (streams.market);
+        a record that is not one goes to the dead-letter topic with its bytes."""
+        async for event in stream.events():
+            m = event.message
+            broker_ms = round(m.timestamp * 1000)
+            try:
+                out = [(INPUTS[SYSTEM], None, value, p) for p, value in copies(m.value, broker_ms, settings.partitions)]
+            except Exception as exc:  # anything undecodable is dead-lettered, never a crash
+                why = str(exc) if isinstance(exc, DecodeError) else f"UNDECODABLE: {type(exc).__name__}: {exc}"
+                letter = dead_letter_to_avro(m.topic, m.partition, m.offset, broker_ms, m.key, m.value, why[:2000])
+                out = [(DEAD_LETTER, m.key, CODEC.encode("DeadLetter", letter), -1)]
+            if not fanner:
+                fanner.append(OutputProducer(settings))
+            await fanner[0].deliver(out)
+            counters.fanned_out += 1
 
     @app.page("/users/{user_id}/balances")
     class Balances(View):

@@ -163,6 +163,57 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_price(args: argparse.Namespace) -> int:
+    """Publish mark prices and pool rates to the prices topic (streams.market): one, or a file of them."""
+    from pathlib import Path
+
+    from processors.margin import parse_price
+    from processors.money import Rejected
+    from streams.market import MarketFeed, read_ticks
+
+    settings = Settings()
+    try:
+        if args.command == "prices":
+            ticks = read_ticks(Path(args.file))
+        else:
+            parse_price(args.price)  # refused here, with its reason, rather than dead-lettered by the fan-out
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}. A price file holds lines `after_ms,asset,price`.", file=sys.stderr)
+        return 2
+    except Rejected as refused:
+        print(f"error: {refused.reason.value}: {refused.detail}", file=sys.stderr)
+        return 2
+    feed = MarketFeed(settings)
+    if args.command == "prices":
+        n = feed.play(ticks)
+        rows = [(t.asset, t.price, t.after_ms) for t in ticks]
+        print_table(["asset", "price", "after ms"], rows[-20:])
+    else:
+        feed.price(args.asset, args.price)
+        n = 1
+    try:
+        feed.flush()
+    except TimeoutError as exc:
+        print(f"error: {exc} (`make up` starts the local broker)", file=sys.stderr)
+        return 1
+    print(f"{n} price(s) published to {settings.topic_prefix}prices; every worker copies them to its partitions")
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    from streams.market import MarketFeed
+
+    feed = MarketFeed(Settings())
+    feed.rate(args.asset, args.borrowed, args.supplied)
+    try:
+        feed.flush()
+    except TimeoutError as exc:
+        print(f"error: {exc} (`make up` starts the local broker)", file=sys.stderr)
+        return 1
+    print_table(["asset", "borrowed", "supplied"], [(args.asset, args.borrowed, args.supplied)])
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.topics import main as topics_main
 
@@ -201,6 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reconcile", help="check the ClickHouse ledger against itself and the engine; exit 1 on drift")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the sink to land the ledger topic")
     p.set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("price", help="publish one mark price (units of USDT per whole unit of the asset)")
+    p.add_argument("asset")
+    p.add_argument("price")
+    p.set_defaults(func=cmd_price)
+    p = sub.add_parser("prices", help="publish the mark prices of a CSV file (after_ms,asset,price), paced")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_price)
+    p = sub.add_parser("rate", help="publish a lending pool's state: lent out and supplied (its rate follows)")
+    p.add_argument("asset")
+    p.add_argument("borrowed")
+    p.add_argument("supplied")
+    p.set_defaults(func=cmd_rate)
     p = sub.add_parser("demo", help="run the scripted demo (as `make demo`)")
     p.set_defaults(func=lambda _a: __import__("streams.demo", fromlist=["main"]).main())
     args = parser.parse_args(argv)

@@ -54,7 +54,8 @@ OPERATOR = TopicSpec("operator-commands", Key.USER, False, WEEK_MS, "approvals a
 # Written to each partition by the worker that owns it (clock ticks): the partition's own inputs, so the
 # journal orders them with the rest and a re-applied step sees the same ticks (DESIGN §1a).
 SYSTEM = TopicSpec("system-inputs", Key.NONE, False, WEEK_MS, "clock ticks, one stream per partition", True)
-PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices, latest per symbol")
+# Stamped by the broker: a price's age counts from when the exchange received it (streams.market).
+PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices and pool rates, latest per key", True)
 RESULTS = TopicSpec("results", Key.USER, False, WEEK_MS, "a result per command, in ResultBatch records per partition")
 LEDGER = TopicSpec("ledger", Key.USER, False, -1, "double-entry ledger lines in LedgerBatch records, kept forever")
 MARGIN_EVENTS = TopicSpec("margin-events", Key.USER, False, WEEK_MS, "margin levels, calls, liquidations")
