@@ -91,6 +91,34 @@ class MarginTier:
         assert self.borrow_above >= Fraction(self.leverage, self.leverage - 1), f"{self.name}: borrow line too low"
 
 
+# Bands of margin level, from healthy to liquidation: above the transfer line; at or below it; at or below the
+# borrow line (below it, strictly: no new loan is allowed there); at or below the call line; at or below the
+# liquidation line. An account enters a band when its level crosses the band's line.
+HEALTHY: Final = 0
+NO_TRANSFER: Final = 1
+NO_BORROW: Final = 2
+MARGIN_CALL: Final = 3
+LIQUIDATION: Final = 4
+BAND_NAMES: Final = ("healthy", "no-transfer-out", "no-borrowing", "margin-call", "liquidation")
+
+
+def band(assets: int, liabilities: int, lines: MarginTier) -> int:
+    """The account's band: the deepest line its level is at or below (HEALTHY with no liabilities). The
+    borrow line counts strictly below it, as `Borrow` allows a loan down to it."""
+    if liabilities == 0:
+        return HEALTHY
+    if at_or_below(assets, liabilities, lines.liquidate_at):
+        return LIQUIDATION
+    if at_or_below(assets, liabilities, lines.call_at):
+        return MARGIN_CALL
+    ratio = lines.borrow_above
+    if assets * ratio.denominator < ratio.numerator * liabilities:
+        return NO_BORROW
+    if at_or_below(assets, liabilities, lines.transfer_out_above):
+        return NO_TRANSFER
+    return HEALTHY
+
+
 def tier(name: str, leverage: int, transfer_out: str, borrow: str, call: str, liquidate: str) -> MarginTier:
     return MarginTier(name, leverage, line(transfer_out), line(borrow), line(call), line(liquidate))
 

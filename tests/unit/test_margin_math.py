@@ -10,10 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.margin import (
+    BAND_NAMES,
     CROSS_3X,
     CROSS_5X,
+    HEALTHY,
+    LIQUIDATION,
+    MARGIN_CALL,
+    NO_BORROW,
+    NO_TRANSFER,
     PRICE_ONE,
     at_or_below,
+    band,
     level_text,
     max_borrow,
     parse_price,
@@ -137,3 +144,16 @@ def test_the_most_one_can_borrow_keeps_the_line_and_one_unit_more_does_not(asset
         assert keeps(most) and not keeps(most + 1)
     else:
         assert most == 0 and (not keeps(1) or liabilities + 1 == 0)
+
+
+def test_bands_along_a_falling_price_at_3x() -> None:
+    """The 3x lines on 0.05 BTC against 2,000 USDT of debt: 2 at 80,000, 1.5 at 60,000, 1.3 at 52,000, 1.1 at
+    44,000 (assets = 0.05 x price; level = assets / 2,000)."""
+    debt = 2_000 * USDT
+
+    def at(price: str) -> int:
+        return band(value_down(5_000_000, BTC_SCALE, parse_price(price), USDT_SCALE), debt, CROSS_3X)
+
+    assert [at(p) for p in ("80000.01", "80000", "60000", "59999.99", "52000", "44000.01", "44000", "1")] == [
+        HEALTHY, NO_TRANSFER, NO_TRANSFER, NO_BORROW, MARGIN_CALL, MARGIN_CALL, LIQUIDATION, LIQUIDATION]
+    assert band(0, 0, CROSS_3X) == HEALTHY and BAND_NAMES[MARGIN_CALL] == "margin-call"
