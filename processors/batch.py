@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors import monitor
 from processors.config import EngineConfig
 from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
 from processors.margin import parse_price
 from processors.market import Market
-from processors.messages import Command, LedgerLine, Outcome, Result
+from processors.messages import Command, Event, LedgerLine, MarginEvent, Outcome, Result
 from processors.money import Rejected, parse_amount
 from processors.reasons import Reason
 from processors.state import UserState, to_json
@@ -28,12 +29,13 @@ from processors.wire import (
     command_from_avro,
     dead_letter_to_avro,
     ledger_batch_body,
+    margin_event_to_avro,
     result_batch_body,
     to_sign_to_avro,
 )
 from schemas import CODEC, DecodeError
 from streams.partitioner import partition_for
-from streams.topics import DEAD_LETTER, LEDGER, RESULTS, TO_SIGN, TopicSpec
+from streams.topics import DEAD_LETTER, LEDGER, MARGIN_EVENTS, RESULTS, TO_SIGN, TopicSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ LINES_PER_RECORD = 2500  # ~200 bytes each: records stay well under Kafka's 1 MB
 SWEEP_RECORDS_MAX = 20_000  # memory records deleted per tick, at most (a tick's step stays small)
 INDEX_PAIRS_MAX = 2_000  # (user, key) pairs per index entry: ~80 KB, far under Kafka's 1 MB record
 INDEX_ENTRIES_MAX = 64  # index entries read per tick
+WATCHED_MAX = 1_000_000  # users with margin accounts a price move re-values on one partition, at most
 
 
 @dataclass(slots=True)
@@ -82,9 +85,10 @@ class Step:
     floors: dict[str, dict[str, int]] = field(default_factory=dict)
     # the engine's memory records written by the step (processors.context): stored before the states
     memory: Memory = field(default_factory=Memory)
-    # user -> the inputs applied to that user in this step, in order (None: a clock tick): re-applied over
-    # the stored state when a later input of the user fails inside the core (quarantine)
-    applied: dict[str, list[tuple[Command | None, Context]]] = field(default_factory=dict)
+    # user -> the inputs applied to that user in this step, in order (a system input of the partition that
+    # touched the user: engine.tick): re-applied over the stored state when a later input of the user fails
+    # inside the core (quarantine)
+    applied: dict[str, list[tuple[Command, Context]]] = field(default_factory=dict)
     # users-table keys the step deletes (expired memory records, their index entries), stored before the
     # memory records the step writes
     deletions: list[tuple[int, bytes]] = field(default_factory=list)
@@ -94,6 +98,12 @@ class Step:
     markets: dict[int, Market] = field(default_factory=dict)
     market_priors: dict[int, dict[str, Any]] = field(default_factory=dict)
     markets_changed: set[int] = field(default_factory=set)
+    # users whose margin accounts are watched (processors.monitor): added to the partition's list at the end of
+    # the step (before the states), and removed when a price move finds a stored state no longer watched
+    watch: dict[str, bool] = field(default_factory=dict)
+    # partition -> topic -> the first offset the step applies (a stored state holding one was stored by an
+    # interrupted attempt of this very step)
+    starts: dict[int, dict[str, int]] = field(default_factory=dict)
     commands: int = 0
     dead_letters: int = 0
     quarantined: int = 0  # inputs on which the core failed: dead-lettered, INTERNAL_ERROR, state untouched
@@ -125,6 +135,12 @@ class Step:
                 # shorter list, which must not replace the first one (its records would never be swept).
                 tag = f"{topic}/{first}/{hashlib.blake2b(value, digest_size=8).hexdigest()}"
                 entries.append((partition, index_key(partition, end, tag), value))
+        for user, (partition, state) in self.states.items():
+            if monitor.watched(state) and not self.watch.get(user):
+                records.append((partition, watch_key(partition, user), b"1"))
+        for user, keep in self.watch.items():
+            if not keep:
+                entries.append((owner(user), watch_key(owner(user), user), None))
         for partition in sorted(self.markets_changed):
             topic, first, _ = self.runs[partition][0]
             # With the market as the step found it: if the step is interrupted after this and re-applied, it
@@ -153,6 +169,15 @@ def memory_key(user: str, key: str) -> bytes:
     unambiguously. In the users table, not a table of its own: within a partition its changelog then keeps
     the order in which a step writes its memory records and its states (the records first)."""
     return f"\x00m/{user}\x00{key}".encode()
+
+
+def watch_prefix(partition: int) -> bytes:
+    """The keys of a partition's watched users (processors.monitor): a price move re-values them."""
+    return f"\x00w/{partition}/".encode()
+
+
+def watch_key(partition: int, user: str) -> bytes:
+    return watch_prefix(partition) + user.encode()
 
 
 def market_key(partition: int) -> bytes:
@@ -209,6 +234,10 @@ class BatchProcessor:
         step = Step()
         owner = self.owner
         step.memory = Memory(lambda user, key: recall(owner(user), memory_key(user, key)), step.floors)
+        inputs = list(inputs)
+        for source, _ in inputs:  # where the step starts on each topic, known before its first input applies
+            if not source.replay:
+                step.starts.setdefault(source.partition, {}).setdefault(source.topic, source.offset)
         for source, value in inputs:
             if not source.replay:
                 _extend_runs(step.runs.setdefault(source.partition, []), source.topic, source.offset)
@@ -315,7 +344,7 @@ class BatchProcessor:
                                                    f"{cmd.body.get('partition')!r} on partition {partition}")
             return
         if cmd.kind == "ClockTick":
-            self._tick(step, source, load, recall, scan)
+            self._tick(step, source, cmd, load, recall, scan)
             return
         # A changed copy: the contexts of inputs applied before keep the market they saw (a quarantine
         # re-applies them with those contexts).
@@ -339,6 +368,44 @@ class BatchProcessor:
             return
         step.markets[partition] = market
         step.markets_changed.add(partition)
+        self._revalue(step, source, cmd, load, scan)
+
+    def _revalue(self, step: Step, source: Source, cmd: Command, load: Loader, scan: Scan) -> None:
+        """A price or a rate moved: the partition's watched users whose band it changes get a system touch
+        (processors.engine.tick), which re-values them and sends the events; the others are not stored."""
+        partition = source.partition
+        prefix = watch_prefix(partition)
+        users = [key[len(prefix):].decode() for key, _ in scan(partition, prefix, prefix + b"\xff", WATCHED_MAX)]
+        users += [u for u, (p, state) in step.states.items() if p == partition and monitor.watched(state)]
+        market = step.markets[partition]
+        for user in dict.fromkeys(users):  # in order, once
+            held = step.states.get(user)
+            state = held[1] if held is not None else self._load(step, user, partition, load)
+            if state is None:
+                continue
+            if self._holds_this_step(step, user, partition):
+                # stored by an interrupted attempt of this step, after all of its inputs: nothing to re-apply
+                if held is None:
+                    step.states[user] = (partition, state)
+                continue
+            if not monitor.watched(state):
+                if held is None:
+                    step.watch[user] = False  # its stored state no longer owes: off the list
+                continue
+            ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset, market)
+            if not monitor.changes(state, ctx):
+                continue
+            state, expired, events = tick(state, ctx, cmd.id)
+            step.states[user] = (partition, state)
+            step.applied.setdefault(user, []).append((cmd, ctx))
+            self._emit_more(step, partition, expired, events)
+
+    @staticmethod
+    def _holds_this_step(step: Step, user: str, partition: int) -> bool:
+        """Whether the user's stored state holds any input of this step: then it was stored by an interrupted
+        attempt of it, at its end, with its outputs sent."""
+        floors = step.floors.get(user, {})
+        return any(floors.get(topic, -1) >= first for topic, first in step.starts[partition].items())
 
     def _priced(self, asset: str) -> str:
         if asset not in self.cfg.assets or asset == self.cfg.valuation_asset:
@@ -362,7 +429,7 @@ class BatchProcessor:
         step.market_priors[partition] = market.to_doc()
         return market
 
-    def _tick(self, step: Step, source: Source, load: Loader, recall: Recall, scan: Scan) -> None:
+    def _tick(self, step: Step, source: Source, cmd: Command, load: Loader, recall: Recall, scan: Scan) -> None:
         """A clock tick: delete the partition's memory records that expired by engine time (less the grace),
         listed by index entries of the hours before; a user's PARKED_DUE record gets that user a tick."""
         partition = source.partition
@@ -380,10 +447,10 @@ class BatchProcessor:
                 break  # the next tick goes on from here
             budget -= len(pairs)
             for user, name in pairs:
-                self._sweep(step, source, user, name, due, load, recall)
+                self._sweep(step, source, cmd, user, name, due, load, recall)
             step.deletions.append((partition, key))
 
-    def _sweep(self, step: Step, source: Source, user: str, name: str, due: int, load: Loader,
+    def _sweep(self, step: Step, source: Source, cmd: Command, user: str, name: str, due: int, load: Loader,
                recall: Recall) -> None:
         if name in step.memory.written.get(user, {}):
             return  # written again in this step: live
@@ -396,9 +463,9 @@ class BatchProcessor:
         step.deletions.append((source.partition, memory_key(user, name)))
         step.swept += 1
         if name == PARKED_DUE:
-            self._tick_user(step, source, user, load)
+            self._tick_user(step, source, cmd, user, load)
 
-    def _tick_user(self, step: Step, source: Source, user: str, load: Loader) -> None:
+    def _tick_user(self, step: Step, source: Source, cmd: Command, user: str, load: Loader) -> None:
         partition = source.partition
         held = step.states.get(user)
         state = held[1] if held is not None else self._load(step, user, partition, load)
@@ -409,11 +476,11 @@ class BatchProcessor:
         if floor is not None and source.offset <= floor:
             step.skipped += 1
             return  # stored by an interrupted step
-        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset)
-        state, expired = tick(state, ctx)
-        step.applied.setdefault(user, []).append((None, ctx))
-        if expired:
-            step.results.setdefault(partition, []).extend(expired)
+        ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset,
+                      step.markets.get(partition))
+        state, expired, events = tick(state, ctx, cmd.id)
+        step.applied.setdefault(user, []).append((cmd, ctx))
+        self._emit_more(step, partition, expired, events)
         if not state.opened and not state.parked:
             step.dropped.add(user)  # nothing waits for an account that never opened: no state to keep
 
@@ -429,10 +496,10 @@ class BatchProcessor:
         step.floors.pop(user, None)
         state = self._load(step, user, partition, load)
         for earlier, ctx in step.applied.get(user, []):
-            if earlier is not None:
+            if earlier.user_id == user:
                 state, _ = apply(state, earlier, ctx)
-            elif state is not None:
-                state, _ = tick(state, ctx)
+            elif state is not None:  # a system input of the partition that touched the user
+                state, _, _ = tick(state, ctx, earlier.id)
         if state is not None:
             step.states[user] = (partition, state)
         error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
@@ -447,6 +514,8 @@ class BatchProcessor:
         assert user not in step.states
         state = load(user, partition)
         step.floors[user] = dict(state.through) if state is not None else {}
+        if state is not None and monitor.watched(state):
+            step.watch.setdefault(user, True)  # stored watched: its key is on the partition's list
         return state
 
     def owner(self, user: str) -> int:
@@ -463,9 +532,22 @@ class BatchProcessor:
             step.results[partition].extend(outcome.more)
         if outcome.lines:
             step.lines.setdefault(partition, []).extend(outcome.lines)
-        for event in outcome.events:
-            step.records.append((TO_SIGN, event.user_id.encode(),
-                                 CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg)), -1))
+        self._emit_events(step, outcome.events)
+
+    def _emit_more(self, step: Step, partition: int, results: tuple[Result, ...], events: tuple[Event, ...]) -> None:
+        """What a system touch of a user gave: final results of other inputs, events."""
+        if results:
+            step.results.setdefault(partition, []).extend(results)
+        self._emit_events(step, events)
+
+    def _emit_events(self, step: Step, events: tuple[Event, ...]) -> None:
+        for event in events:
+            if isinstance(event, MarginEvent):
+                step.records.append((MARGIN_EVENTS, event.user_id.encode(),
+                                     CODEC.encode("MarginEvent", margin_event_to_avro(event)), -1))
+            else:
+                step.records.append((TO_SIGN, event.user_id.encode(),
+                                     CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg)), -1))
 
     def _dead_letter(self, step: Step, source: Source, value: bytes | None, error: str) -> None:
         step.dead_letters += 1

@@ -26,11 +26,11 @@ from typing import Any, Final
 import orjson
 import xxhash
 
-from processors import checks
+from processors import checks, monitor
 from processors.applied import Applied
 from processors.context import Context
 from processors.inputs import KINDS, USER, Kind
-from processors.messages import Command, LedgerLine, Outcome, Result
+from processors.messages import Command, Event, LedgerLine, Outcome, Result
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import MEMORY_UNKNOWN, UserState, accepted, entry_text, input_key
@@ -123,7 +123,10 @@ def _decide(state: UserState, cmd: Command, ctx: Context) -> Outcome:
                                 ctx.cfg.applied_window)
         if let_go is not None:
             _remember_past_window(state, ctx, let_go)
-    return Outcome(result, lines, applied.events, expired)
+    events = applied.events
+    if monitor.watched(state):
+        events += monitor.evaluate(state, ctx, key)
+    return Outcome(result, lines, events, expired)
 
 
 def _remember_past_window(state: UserState, ctx: Context, entries: list[tuple[str, str]]) -> None:
@@ -172,14 +175,17 @@ def _release_for_account(state: UserState, ctx: Context) -> tuple[LedgerLine, ..
     return lines
 
 
-def tick(state: UserState, ctx: Context) -> tuple[UserState, tuple[Result, ...]]:
-    """A clock tick for this user (its PARKED_DUE record expired): parked chain events that waited longer
-    than `parked_ttl_ms` of engine time are given up; the next due time is marked for those left."""
+def tick(state: UserState, ctx: Context, cause: str) -> tuple[UserState, tuple[Result, ...], tuple[Event, ...]]:
+    """A system touch of this user (a clock tick when its PARKED_DUE record expired; a price or a rate moving
+    its margin accounts): parked chain events that waited longer than `parked_ttl_ms` of engine time are given
+    up, the next due time is marked for those left, and the margin accounts are re-valued. `cause`: the system
+    input's id, which names the margin events it sends."""
     assert ctx.offset >= state.through.get(ctx.topic, -1), "a topic's inputs apply in offset order"
     expired = _expire_parked(state, ctx) if state.parked else ()
     _mark_parked_due(state, ctx)
+    events = monitor.evaluate(state, ctx, f"system/{cause}") if monitor.watched(state) else ()
     state.through[ctx.topic] = ctx.offset
-    return state, expired
+    return state, expired, events
 
 
 def _mark_parked_due(state: UserState, ctx: Context) -> None:

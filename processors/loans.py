@@ -42,7 +42,7 @@ def borrow(state: UserState, cmd: Command, ctx: Context) -> Applied:
     amount = checks.amount(cfg, asset, body["amount"])
     index = market.index_at(asset, ctx.now_ms)
     first_hour = interest(amount, 0, rate)
-    assets, liabilities = _valued(state, ctx, account)
+    assets, liabilities = valued(state, ctx, account)
     price, scale, quote = _price(ctx, asset), cfg.assets[asset].scale, _quote_scale(ctx)
     # The borrowed coins are the account's too; the new debt is the loan and its first hour.
     assets += value_down(amount, scale, price, quote)
@@ -103,7 +103,7 @@ def check_out(state: UserState, ctx: Context, account: str, asset: str, amount: 
     tier = ctx.cfg.margin_tier(account)
     if tier is None or not any(key[0] == account for key in state.loans):
         return
-    assets, liabilities = _valued(state, ctx, account)
+    assets, liabilities = valued(state, ctx, account)
     assets -= value_up(amount, ctx.cfg.assets[asset].scale, _price(ctx, asset), _quote_scale(ctx))
     if assets < 0 or at_or_below(assets, liabilities, tier.transfer_out_above):
         raise Rejected(Reason.MARGIN_LEVEL_TOO_LOW, f"{account} owes: it must keep a margin level above "
@@ -139,7 +139,7 @@ def _price(ctx: Context, asset: str) -> int:
     return price
 
 
-def _valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
+def valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
     """(assets, liabilities) of the account in minor units of the valuation asset: what it holds (available
     and frozen) valued down; what it owes (principal, interest booked, and interest since) valued up."""
     cfg, market, now = ctx.cfg, _market(ctx), ctx.now_ms

@@ -180,7 +180,21 @@ class WithdrawalToSign(NamedTuple):
     address: str
 
 
-Event = WithdrawalToSign
+class MarginEvent(NamedTuple):
+    """A margin account crossed a line of its tier (processors.monitor)."""
+
+    id: str
+    ts_ms: int
+    user_id: str
+    account: str
+    kind: str  # MarginLevel, MarginCall
+    band: str
+    previous_band: str
+    level: str
+    tier: str
+
+
+Event = WithdrawalToSign | MarginEvent
 
 
 class Outcome(Value):

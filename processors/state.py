@@ -23,7 +23,8 @@ BORROWED: Final = 2
 # to the engine's memory (processors.context); 6: each window entry ends with its input body's digest;
 # 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`;
 # 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`), the window's
-# entries as text (`entry_text`) by input key; 10: margin loans' interest and index readings (`loans`)
+# entries as text (`entry_text`) by input key; 10: margin loans' interest and index readings (`loans`), margin
+# accounts' bands (`bands`)
 STATE_VERSION: Final = 10
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
@@ -168,6 +169,8 @@ class UserState:
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
     # (margin sub-account, asset) -> its loan's interest and index reading, while it owes principal or interest
     loans: dict[tuple[str, str], Loan] = field(default_factory=dict)
+    # margin sub-account -> its band of margin level (processors.margin.band), while not healthy
+    bands: dict[str, int] = field(default_factory=dict)
     # deposits of a state written before version 5 (since then they live in the engine's memory)
     legacy_deposits: dict[str, Deposit] = field(default_factory=dict)
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
@@ -277,6 +280,8 @@ class UserState:
             "closed": self.closed,
             "applied": self.applied,
         }
+        if self.bands:
+            doc["bands"] = self.bands
         if self.loans:
             doc["loans"] = [[a, s, loan.interest, loan.index] for (a, s), loan in self.loans.items()]
         if self.legacy_deposits:
@@ -326,6 +331,7 @@ class UserState:
             holds={k: Hold(*v) for k, v in doc["holds"].items()},
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
             loans={(a, s): Loan(interest, index) for a, s, interest, index in doc.get("loans", ())},
+            bands=doc.get("bands", {}),
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from processors.config import EngineConfig
-from processors.messages import Command, LedgerLine, Result, WithdrawalToSign
+from processors.messages import Command, LedgerLine, MarginEvent, Result, WithdrawalToSign
 from processors.money import format_amount
 from schemas.compiled import write_long
 
@@ -48,6 +48,12 @@ def line_to_avro(line: LedgerLine, cfg: EngineConfig) -> dict[str, Any]:
         "balance_after": None if line.balance_after is None else format_amount(line.balance_after, scale),
         "seq": line.seq,
     }
+
+
+def margin_event_to_avro(ev: MarginEvent) -> dict[str, Any]:
+    return {"id": ev.id, "ts_ms": ev.ts_ms, "schema_version": SCHEMA_VERSION, "user_id": ev.user_id,
+            "account": ev.account, "kind": ev.kind, "band": ev.band, "previous_band": ev.previous_band,
+            "level": ev.level, "tier": ev.tier}
 
 
 def to_sign_to_avro(ev: WithdrawalToSign, cfg: EngineConfig) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from processors.state import UserState
 from processors.wire import command_to_avro
 from schemas import CODEC
 from streams.partitioner import partition_for
-from streams.topics import LEDGER, RESULTS
+from streams.topics import LEDGER, MARGIN_EVENTS, RESULTS
 from tests.unit.test_batch import PARTITIONS, batched, encoded
 
 # A window of 2 remembered inputs: without the stored positions (`UserState.through`), re-applying
@@ -108,7 +108,9 @@ def outputs(step: Step) -> dict[str, Any]:
     items = [r for _, r in batched(step, RESULTS, "ResultBatch", "results")]
     items += [ln for _, ln in batched(step, LEDGER, "LedgerBatch", "lines")]
     by_id = {("line:" if "entry_id" in i else "result:") + i["id"]: i for i in items}
-    assert len(by_id) == len(items)
+    events = [CODEC.decode(value)[1] for topic, _, value, _ in step.records if topic is MARGIN_EVENTS]
+    by_id.update({"event:" + e["id"]: e for e in events})
+    assert len(by_id) == len(items) + len(events)
     return by_id
 
 
@@ -118,8 +120,12 @@ def run(inputs: list[tuple[Source, bytes]], stored: dict[str, bytes]) -> Step:
         raw = stored.get(user)
         return UserState.from_bytes(raw) if raw is not None else None
 
+    def scan(partition: int, lo: bytes, hi: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        keys = sorted(k.encode() for k in stored if lo <= k.encode() < hi)[:limit]
+        return [(k, stored[k.decode()]) for k in keys]
+
     return BatchProcessor(CFG, PARTITIONS, {COMMANDS: "user", CHAIN: "chain", SYSTEM: "system"}).run(
-        inputs, load, lambda partition, key: stored.get(key.decode()))
+        inputs, load, lambda partition, key: stored.get(key.decode()), scan)
 
 
 def store(step: Step, stored: dict[str, bytes], users: list[str] | None = None) -> None:

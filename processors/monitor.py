@@ -1,0 +1,71 @@
+"""Margin monitoring: each margin account's band of margin level (processors.margin.band), kept in the state,
+and an event each time the band changes.
+
+An account is re-valued after every input accepted for an indebted user, and on the user's system touches
+(processors.engine.tick: a price move, a pool's new rate, a due clock tick). A change of band is a
+`MarginLevel` event; entering the margin-call band from above it, also a `MarginCall`. Both carry the input
+that made the crossing, so one crossing is one event, however often the input is re-applied or resent. An
+account that cannot be valued (a price missing or older than price_max_age_ms) keeps its band: a stale price
+never moves an account into margin call or liquidation, nor out of it.
+"""
+
+from __future__ import annotations
+
+from processors import loans
+from processors.context import Context
+from processors.margin import BAND_NAMES, HEALTHY, MARGIN_CALL, band, level_text
+from processors.messages import MarginEvent
+from processors.money import Rejected
+from processors.state import UserState
+
+MARGIN_LEVEL = "MarginLevel"
+MARGIN_CALL_EVENT = "MarginCall"
+
+
+def watched(state: UserState) -> bool:
+    """Whether the user has a margin account to watch: one that owes, or one whose band is not healthy."""
+    return bool(state.loans or state.bands)
+
+
+def changes(state: UserState, ctx: Context) -> bool:
+    """Whether `evaluate` would change a band (and send an event): pure, for choosing whom a price touches."""
+    for account in {account for account, _ in state.loans} | set(state.bands):
+        tier = ctx.cfg.margin_tier(account)
+        if tier is None:
+            continue
+        try:
+            assets, liabilities = loans.valued(state, ctx, account)
+        except Rejected:
+            continue
+        if band(assets, liabilities, tier) != state.bands.get(account, HEALTHY):
+            return True
+    return False
+
+
+def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[MarginEvent, ...]:
+    """Re-value the user's margin accounts; the events of those whose band changed. `cause` names the input
+    (its source and id, or the system record's position) whose application this follows."""
+    accounts = sorted({account for account, _ in state.loans} | set(state.bands))
+    out: list[MarginEvent] = []
+    for account in accounts:
+        tier = ctx.cfg.margin_tier(account)
+        if tier is None:
+            continue  # an isolated market no longer configured: its loans are still repaid, not watched
+        try:
+            assets, liabilities = loans.valued(state, ctx, account)
+        except Rejected:
+            continue  # not valued: the band stays
+        new = band(assets, liabilities, tier)
+        old = state.bands.get(account, HEALTHY)
+        if new == old:
+            continue
+        if new == HEALTHY:
+            del state.bands[account]
+        else:
+            state.bands[account] = new
+        level = level_text(assets, liabilities)
+        kinds = [MARGIN_LEVEL] + ([MARGIN_CALL_EVENT] if new >= MARGIN_CALL > old else [])
+        for kind in kinds:
+            out.append(MarginEvent(f"{state.user_id}/{account}/{cause}/{kind}/{BAND_NAMES[new]}", ctx.now_ms,
+                                   state.user_id, account, kind, BAND_NAMES[new], BAND_NAMES[old], level, tier.name))
+    return tuple(out)

@@ -1,0 +1,70 @@
+"""Margin monitoring through the step (processors.monitor, processors.batch): a short at 3x whose BTC rises,
+price by price. Each band change is one MarginLevel event, entering margin call also a MarginCall; a price
+that changes no band stores no state; a stale price moves nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from processors.batch import Step
+from processors.inputs import command
+from processors.messages import Borrow, Command, Transfer
+from schemas import CODEC
+from streams.topics import MARGIN_EVENTS
+from tests.unit.test_clock_tick import T0, USER, Partition, deposit, open_account, results, user_input
+from tests.unit.test_market_inputs import price, rate
+
+
+def events(step: Step) -> list[dict[str, Any]]:
+    return [CODEC.decode(value)[1] for topic, _, value, _ in step.records if topic is MARGIN_EVENTS]
+
+
+def crossings(step: Step) -> list[tuple[str, str, str]]:
+    return [(e["kind"], e["previous_band"], e["band"]) for e in events(step)]
+
+
+def short_at_20000() -> Partition:
+    """1,000 USDT of margin (the deposit is 100: ten of them), 0.05 BTC borrowed at 20,000 and kept: a short
+    of 1,000 USDT. Level = (1,000 + 0.05 p) / (0.05 p + interest)."""
+    part = Partition()
+    part.step(open_account(T0), *(deposit(T0, f"0xf{i}") for i in range(10)))
+    part.step(user_input(T0, command(Transfer, "in", USER, asset="USDT", amount="1000", from_account="spot",
+                                     to_account="margin")))
+    part.step(rate(T0, "BTC", "10", "100"), price(T0, "BTC", "20000"))
+    return part
+
+
+def borrow(ts_ms: int) -> tuple[str, int, Command]:
+    return user_input(ts_ms, command(Borrow, "short", USER, account="margin", asset="BTC", amount="0.05"))
+
+
+def test_a_short_at_3x_crosses_each_line_once_as_btc_rises() -> None:
+    part = short_at_20000()
+    step = part.step(borrow(T0 + 1))
+    assert results(step)["short"]["status"] == "ACCEPTED"
+    # 2,000 / 1,000.0012 = 1.9999 <= 2: no transfers out from here; the borrow that made it names the event
+    assert crossings(step) == [("MarginLevel", "healthy", "no-transfer-out")]
+    assert events(step)[0]["id"].endswith("/user/short/MarginLevel/no-transfer-out")
+    step = part.step(price(T0 + 2, "BTC", "30000"))
+    assert step.records == [] and step.states == {}, "1.667: no line crossed, nothing sent, no state stored"
+    assert crossings(part.step(price(T0 + 3, "BTC", "45000"))) == [("MarginLevel", "no-transfer-out", "no-borrowing")]
+    # 4,500 / 3,500 = 1.2857 <= 1.3
+    assert crossings(part.step(price(T0 + 4, "BTC", "70000"))) == [
+        ("MarginLevel", "no-borrowing", "margin-call"), ("MarginCall", "no-borrowing", "margin-call")]
+    assert crossings(part.step(price(T0 + 5, "BTC", "71000"))) == [], "still in margin call: no second call"
+    assert crossings(part.step(price(T0 + 6, "BTC", "25000"))) == [("MarginLevel", "margin-call", "no-transfer-out")]
+    # 13,500 / 12,500 = 1.08 <= 1.1
+    step = part.step(price(T0 + 7, "BTC", "250000"))
+    assert crossings(step) == [("MarginLevel", "no-transfer-out", "liquidation"),
+                               ("MarginCall", "no-transfer-out", "liquidation")]
+    stored = part.store.load(USER, 2)
+    assert stored is not None and stored.bands == {"margin": 4}
+
+
+def test_a_stale_price_moves_no_band() -> None:
+    part = short_at_20000()
+    part.step(borrow(T0 + 1))
+    later = T0 + 60_000  # the price of T0 is 60 s old: stale
+    step = part.step(price(later, "BTC", "250000", priced_ms=T0))
+    stored = part.store.load(USER, 2)
+    assert crossings(step) == [] and stored is not None and stored.bands == {"margin": 1}
