@@ -44,7 +44,7 @@ from sinks.store import Store, StoreRejected, StoreUnavailable, clamp_ms
 from streams.config import Settings
 from streams.kafka import consumer_config
 from streams.output import OutputProducer
-from streams.topics import CHAIN_EVENTS, DEAD_LETTER, LEDGER, RESULTS, TO_SIGN, TopicSpec
+from streams.topics import CHAIN_EVENTS, DEAD_LETTER, LEDGER, MARGIN_EVENTS, RESULTS, TO_SIGN, TopicSpec
 
 log = logging.getLogger("posflow.sink")
 
@@ -66,6 +66,7 @@ AVRO_ROUTES = (
     AvroRoute(LEDGER, "ledger_batches_in", "LedgerBatch", "LedgerLine", "lines"),
     AvroRoute(RESULTS, "result_batches_in", "ResultBatch", "Result", "results"),
     AvroRoute(TO_SIGN, "withdrawals_to_sign_in", "WithdrawalToSign"),
+    AvroRoute(MARGIN_EVENTS, "margin_events_in", "MarginEvent"),
     AvroRoute(DEAD_LETTER, "dead_letters_in", "DeadLetter"),
 )
 CHAIN_TABLE = "chain_events"
@@ -78,8 +79,9 @@ CHAIN_FIELDS: dict[str, str | None] = {
     name: "" if hint is str else None
     for kind in LANDED_KINDS for name, hint in typing.get_type_hints(kind.body).items()
 }
-SINK_TOPICS = (LEDGER, RESULTS, TO_SIGN, DEAD_LETTER, CHAIN_EVENTS)
-LANDED_TOPICS = (LEDGER, RESULTS, TO_SIGN, CHAIN_EVENTS)  # whose records a dead letter may be replayed into
+SINK_TOPICS = (LEDGER, RESULTS, TO_SIGN, MARGIN_EVENTS, DEAD_LETTER, CHAIN_EVENTS)
+# whose records a dead letter may be replayed into
+LANDED_TOPICS = (LEDGER, RESULTS, TO_SIGN, MARGIN_EVENTS, CHAIN_EVENTS)
 
 
 class Unstorable(ValueError):

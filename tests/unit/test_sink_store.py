@@ -326,3 +326,39 @@ def test_reconcile_covers_margin_loans_and_their_interest(chdb_store: ChdbStore)
     report = reconcile(chdb_store, engine, lag={})
     named = [d for d in report.differences if d[0] == "balances equal the engine's" and d[3] == "margin"]
     assert named, report.differences
+
+
+def test_margin_views_and_events_land(chdb_store: ChdbStore) -> None:
+    """The loans view sums margin principal and unpaid interest from the ledger; interest income per day is
+    what was booked; margin events land once however often their batch is inserted."""
+    from processors.messages import MarginEvent
+    from processors.wire import margin_event_to_avro
+    from tests.unit.test_loans import T0, at, borrow, market, to
+
+    states: dict[str, UserState] = {}
+    lines: list[LedgerLine] = []
+    inputs = [
+        command(OpenAccount, "open", "u", kyc_tier=1, region="DE"),
+        command(DepositConfirmed, "ethereum:0xfund:0", "u", chain="ethereum", tx_hash="0xfund", log_index=0,
+                address="0x" + "11" * 20, asset="USDT", amount="1000", block_number=1, account="spot"),
+        to("margin", "1000"), borrow("b", "1500"),
+    ]
+    for cmd in inputs:
+        state, out = apply(states.get("u"), cmd, at(T0, market()))
+        assert out.result.status == "ACCEPTED", out.result
+        states["u"] = state
+        lines.extend(out.lines)
+    _land(chdb_store, lines)
+    first_hour = states["u"].loans[("margin", "USDT")].interest  # 1,500 x the hourly rate, up: 0.003425
+    assert first_hour == 3_425
+    assert chdb_store.query("SELECT asset, principal, interest_booked_unpaid, borrowers FROM loans").rows == [
+        ("USDT", Decimal(1500), Decimal("0.003425"), 1)]
+    assert chdb_store.query("SELECT asset, interest, bookings FROM interest_income_daily").rows == [
+        ("USDT", Decimal("0.003425"), 1)]
+    event = MarginEvent("u/margin/user/b/MarginLevel/no-transfer-out", T0, "u", "margin", "MarginLevel",
+                        "no-transfer-out", "healthy", "1.6666", "cross-3x")
+    body = CODEC.encode("MarginEvent", margin_event_to_avro(event))[HEADER_LEN:]
+    for _ in range(2):  # a retried insert of the same batch
+        chdb_store.insert("margin_events_in", "Avro", container("MarginEvent", [body]), "margin-1")
+    assert chdb_store.query("SELECT id, kind, band, previous_band, level FROM margin_events FINAL").rows == [
+        (event.id, "MarginLevel", "no-transfer-out", "healthy", "1.6666")]
