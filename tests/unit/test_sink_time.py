@@ -131,7 +131,7 @@ def test_clamped_times_agree_between_sql_and_python(chdb_store: ChdbStore) -> No
     assert bounds == [(TS_MIN_MS, TS_MAX_MS)]
     views = chdb_store.query("SELECT as_select FROM system.tables WHERE database = currentDatabase() "
                              "AND name LIKE '%\\_mv'").rows
-    assert len(views) == 4
+    assert len(views) == 5  # ledger, results, withdrawals to sign, dead letters, margin events
     assert all(f"least(ts_ms, {TS_MAX_MS}), {TS_MIN_MS})" in q.replace("l.ts_ms", "ts_ms").replace("r.ts_ms", "ts_ms")
                for (q,) in views), views
 
