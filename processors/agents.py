@@ -38,9 +38,12 @@ from faust.streams import _current_event  # private, see _in_partition
 from faust.web import Request, Response, View
 
 import processors
-from processors.batch import BatchProcessor, Source, Step, spans
+from processors import monitor
+from processors.batch import BatchProcessor, Source, Step, market_key, spans
 from processors.config import EngineConfig
+from processors.context import Context
 from processors.inputs import SYSTEM, command
+from processors.market import Market
 from processors.messages import ClockTick
 from processors.money import format_amount
 from processors.state import UserState
@@ -405,22 +408,39 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             await fanner[0].deliver(out)
             counters.fanned_out += 1
 
+    def served(view: View, user_id: str) -> UserState | Response:
+        """The user's stored state, answered only by the worker whose consumer holds the user's partition,
+        recovered: right after a rebalance the route can still point at a worker that holds only a standby or
+        an old copy (the crash test once read a state one step behind the changelog that way). The caller
+        retries on NOT_SERVING."""
+        partition = processor.owner(user_id)
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs.topics}
+        if partition not in owned or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return view.json({"user_id": user_id, "error": "NOT_SERVING",
+                              "detail": f"partition {partition} is not served here now; retry"}, status=503)
+        raw: bytes | None = db(partition).get(user_id.encode())
+        if raw is None:
+            return view.json({"user_id": user_id, "error": "UNKNOWN_USER"}, status=404)
+        return UserState.from_bytes(raw)
+
     @app.page("/users/{user_id}/balances")
     class Balances(View):
         @app.table_route(table=users, match_info="user_id")  # type: ignore[arg-type]
         async def get(self, request: Request, user_id: str) -> Response:
-            # Answered only by the worker whose consumer holds the user's partition, recovered: right after a
-            # rebalance the route can still point at a worker that holds only a standby or an old copy (the
-            # crash test once read a state one step behind the changelog that way). The caller retries.
-            partition = processor.owner(user_id)
-            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in inputs.topics}
-            if partition not in owned or app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
-                return self.json({"user_id": user_id, "error": "NOT_SERVING",
-                                  "detail": f"partition {partition} is not served here now; retry"}, status=503)
-            raw: bytes | None = db(partition).get(user_id.encode())
-            if raw is None:
-                return self.json({"user_id": user_id, "error": "UNKNOWN_USER"}, status=404)
-            return self.json(balances_view(UserState.from_bytes(raw), cfg))
+            state = served(self, user_id)
+            return state if isinstance(state, Response) else self.json(balances_view(state, cfg))
+
+    @app.page("/users/{user_id}/margin")
+    class Margin(View):
+        @app.table_route(table=users, match_info="user_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, user_id: str) -> Response:
+            state = served(self, user_id)
+            if isinstance(state, Response):
+                return state
+            raw: bytes | None = db(processor.owner(user_id)).get(market_key(processor.owner(user_id)))
+            market = Market.from_doc(json.loads(raw)["now"]) if raw is not None else None
+            now_ms = time.time_ns() // 1_000_000
+            return self.json(margin_view(state, Context(now_ms, cfg, market=market), now_ms))
 
     @app.page("/stats/")
     class Stats(View):
@@ -430,6 +450,24 @@ def register(app: faust.App, settings: Settings, cfg: EngineConfig) -> Counters:
             return self.json({**vars(counters), "partitions": owned, "core": core})
 
     return counters
+
+
+def margin_view(state: UserState, ctx: Context, now_ms: int) -> dict[str, Any]:
+    """The margin accounts of `state` at `now_ms` (processors.monitor.view), amounts as decimal text."""
+    cfg = ctx.cfg
+    quote = cfg.assets[cfg.valuation_asset].scale
+    accounts = []
+    for row in monitor.view(state, ctx):
+        for key in ("assets", "liabilities"):
+            if key in row:
+                row[key] = format_amount(row[key], quote)
+        for loan in row["loans"]:
+            scale = cfg.assets[loan["asset"]].scale
+            for key in ("principal", "interest_booked", "interest_since"):
+                loan[key] = format_amount(loan[key], scale)
+        accounts.append(row)
+    return {"user_id": state.user_id, "status": state.status, "at_ms": now_ms,
+            "valuation_asset": cfg.valuation_asset, "accounts": accounts}
 
 
 def balances_view(state: UserState, cfg: EngineConfig) -> dict[str, Any]:

@@ -160,6 +160,14 @@ def valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
     return assets, liabilities
 
 
+def accrued(state: UserState, ctx: Context, account: str, asset: str) -> int:
+    """Interest the loan owes since it was last booked, at engine time ctx.now_ms (0 with no market)."""
+    if ctx.market is None:
+        return 0
+    loan = state.loans[(account, asset)]
+    return _since(loan, state.balances[(account, asset)][BORROWED], ctx.market.index_at(asset, ctx.now_ms))
+
+
 def _booked(entry: Entry, state: UserState, account: str, asset: str, index: int) -> Loan:
     """The loan with its interest booked up to `index` (a new loan reads it from here on)."""
     loan = state.loans.get((account, asset))

@@ -57,6 +57,13 @@ def line(text: str) -> Fraction:
     return ratio
 
 
+def line_text(ratio: Fraction) -> str:
+    """A line for people, as config writes it: '1.25' (four decimals at most, rounded down)."""
+    tenths = ratio.numerator * 10_000 // ratio.denominator
+    text = f"{tenths // 10_000}.{tenths % 10_000:04d}".rstrip("0")
+    return text.rstrip(".")
+
+
 def at_or_below(assets: int, liabilities: int, ratio: Fraction) -> bool:
     """Margin level assets / liabilities at or below `ratio`; never with no liabilities."""
     assert assets >= 0 and liabilities >= 0

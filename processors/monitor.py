@@ -11,9 +11,11 @@ never moves an account into margin call or liquidation, nor out of it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from processors import loans
 from processors.context import Context
-from processors.margin import BAND_NAMES, HEALTHY, MARGIN_CALL, band, level_text
+from processors.margin import BAND_NAMES, HEALTHY, MARGIN_CALL, band, level_text, line_text
 from processors.messages import MarginEvent
 from processors.money import Rejected
 from processors.state import UserState
@@ -69,3 +71,30 @@ def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[MarginEvent, .
             out.append(MarginEvent(f"{state.user_id}/{account}/{cause}/{kind}/{BAND_NAMES[new]}", ctx.now_ms,
                                    state.user_id, account, kind, BAND_NAMES[new], BAND_NAMES[old], level, tier.name))
     return tuple(out)
+
+
+def view(state: UserState, ctx: Context) -> list[dict[str, Any]]:
+    """Each margin account that owes or has a band, as the margin view shows it at engine time ctx.now_ms:
+    its tier and lines, band, level (or why there is none), and its loans with interest booked and accrued
+    since. Amounts in minor units; the caller formats them."""
+    rows: list[dict[str, Any]] = []
+    for account in sorted({account for account, _ in state.loans} | set(state.bands)):
+        tier = ctx.cfg.margin_tier(account)
+        row: dict[str, Any] = {"account": account, "tier": tier.name if tier else "",
+                                  "band": BAND_NAMES[state.bands.get(account, HEALTHY)]}
+        if tier is not None:
+            row["lines"] = {"transfer_out_above": line_text(tier.transfer_out_above),
+                            "borrow_above": line_text(tier.borrow_above), "call_at": line_text(tier.call_at),
+                            "liquidate_at": line_text(tier.liquidate_at)}
+        try:
+            assets, liabilities = loans.valued(state, ctx, account)
+            row.update(level=level_text(assets, liabilities), assets=assets, liabilities=liabilities)
+        except Rejected as refused:
+            row.update(level="", why=refused.detail)
+        row["loans"] = [
+            {"asset": asset, "principal": state.balances[(name, asset)][2], "interest_booked": loan.interest,
+             "interest_since": loans.accrued(state, ctx, name, asset)}
+            for (name, asset), loan in sorted(state.loans.items()) if name == account
+        ]
+        rows.append(row)
+    return rows

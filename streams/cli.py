@@ -50,6 +50,33 @@ def cmd_balances(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_margin(args: argparse.Namespace) -> int:
+    url = f"{args.worker.rstrip('/')}/users/{args.user}/margin"
+    try:
+        view = _get(url)
+    except (urllib.error.URLError, ConnectionError) as exc:
+        print(f"error: no posflow worker answers at {args.worker} ({exc}).\n"
+              "Start one with `posflow worker` (or `make demo`), or point --worker / POSFLOW_WORKER_URL at one.",
+              file=sys.stderr)
+        return 2
+    if "error" in view:
+        print(f"{args.user}: {view['error']} {view.get('detail', '')}".rstrip(), file=sys.stderr)
+        return 1
+    accounts = view["accounts"]
+    assert isinstance(accounts, list)
+    print(f"user {view['user_id']}  status {view['status']}  valued in {view['valuation_asset']}")
+    if not accounts:
+        print("no margin account owes anything")
+        return 0
+    print_table(["account", "tier", "band", "level", "assets", "liabilities", "lines (transfer/borrow/call/liq.)"],
+                [(a["account"], a["tier"], a["band"], a["level"] or f"none: {a.get('why', '')}", a.get("assets", ""),
+                  a.get("liabilities", ""), " / ".join(a.get("lines", {}).values())) for a in accounts])
+    print_table(["account", "asset", "principal", "interest booked", "interest since"],
+                [(a["account"], ln["asset"], ln["principal"], ln["interest_booked"], ln["interest_since"])
+                 for a in accounts for ln in a["loans"]])
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
     argv = [sys.executable, "-m", "faust", "-A", "streams.worker", "worker", "-l", args.loglevel,
@@ -229,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", default=os.environ.get("POSFLOW_WORKER_URL", f"http://127.0.0.1:{settings.web_port}"),
                    help="any worker's web address; it forwards to the worker that owns the user")
     p.set_defaults(func=cmd_balances)
+    p = sub.add_parser("margin", help="a user's margin accounts: level, band, lines, loans and interest")
+    p.add_argument("user")
+    p.add_argument("--worker", default=os.environ.get("POSFLOW_WORKER_URL", f"http://127.0.0.1:{settings.web_port}"),
+                   help="any worker's web address; it forwards to the worker that owns the user")
+    p.set_defaults(func=cmd_margin)
     p = sub.add_parser("worker", help="run an engine worker in the foreground")
     p.add_argument("-l", "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
     p.set_defaults(func=cmd_worker)

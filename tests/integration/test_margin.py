@@ -5,6 +5,9 @@ every partition through the worker's fan-out, a loan is valued at the price in f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +71,14 @@ def test_prices_reach_every_partition_and_age_by_engine_time(isolated_env: dict[
         feed.flush()
         got = until(client, answers, lambda: borrow("mu", "BTC", "0.001"), "ACCEPTED")
         assert got.status == "ACCEPTED", got
+        # the margin view, from the worker that owns the user, and as `posflow margin` prints it
+        view = w.get_json("/users/mu/margin")
+        [account] = view["accounts"]
+        assert account["account"] == "margin" and account["tier"] == "cross-3x" and account["band"] == "healthy"
+        assert [ln["asset"] for ln in account["loans"]] == ["BTC"] and account["loans"][0]["principal"] == "0.00100000"
+        printed = subprocess.run([sys.executable, "-m", "streams.cli", "margin", "mu", "--worker", w.url],
+                                 capture_output=True, text=True, env={**os.environ, **isolated_env}, check=True).stdout
+        assert "cross-3x" in printed and "0.00100000" in printed, printed
         copies = [CodecView(v) for _, _, _, v in read_topic(settings, SYSTEM.name(settings))]
         prices = [c for c in copies if c.kind == "MarkPrice"]
         assert sorted(c.partition for c in prices) == list(range(settings.partitions)), "one copy per partition"

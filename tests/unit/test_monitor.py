@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from processors import monitor
 from processors.batch import Step
 from processors.inputs import command
 from processors.messages import Borrow, Command, Transfer
@@ -68,3 +69,31 @@ def test_a_stale_price_moves_no_band() -> None:
     step = part.step(price(later, "BTC", "250000", priced_ms=T0))
     stored = part.store.load(USER, 2)
     assert crossings(step) == [] and stored is not None and stored.bands == {"margin": 1}
+
+
+def test_the_margin_view_shows_level_band_lines_and_interest() -> None:
+    from processors.context import Context
+    from processors.market import Market
+    from tests.unit.test_clock_tick import CFG
+
+    part = short_at_20000()
+    part.step(borrow(T0 + 1))
+    state = part.store.load(USER, 2)
+    assert state is not None
+    market = Market()
+    market.set_rate("BTC", CFG.rate_models["BTC"].hourly(10, 100), T0)
+    market.set_price("BTC", 20_000 * 10**18, T0, T0)
+    later = T0 + 2 * 3_600_000  # two full hours on, the price renewed
+    market.set_price("BTC", 20_000 * 10**18, later, later)
+    [row] = monitor.view(state, Context(later, CFG, market=market))
+    assert (row["account"], row["tier"], row["band"]) == ("margin", "cross-3x", "no-transfer-out")
+    assert row["lines"] == {"transfer_out_above": "2", "borrow_above": "1.5", "call_at": "1.3", "liquidate_at": "1.1"}
+    [loan] = row["loans"]
+    assert loan["asset"] == "BTC" and loan["principal"] == 5_000_000 and loan["interest_booked"] > 0
+    rate = CFG.rate_models["BTC"].hourly(10, 100)
+    assert loan["interest_booked"] == -(-5_000_000 * rate // 10**18), "the first hour, up"
+    assert loan["interest_since"] == -(-2 * 5_000_000 * rate // 10**18), "two full hours since, up"
+    assert row["level"] == "1.9999"
+    stale = Context(later + 31_000, CFG, market=market)
+    [row] = monitor.view(state, stale)
+    assert row["level"] == "" and "BTC" in row["why"]
