@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import core, e2e, sink
+from bench import core, e2e, margin, sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,7 +29,7 @@ def save(name: str, figures: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"engine", "sink"}
+    wanted = set(argv) or {"engine", "sink", "margin"}
     if "engine" in wanted:
         print("== engine: pure core", flush=True)
         figures = core.run()
@@ -45,6 +45,12 @@ def main(argv: list[str]) -> int:
         for key, value in figures.items():
             print(f"  {key:<32} {value}")
         save("sink", figures)
+    if "margin" in wanted:
+        print("== margin: re-evaluation of watched accounts on price moves", flush=True)
+        figures = margin.run()
+        for key, value in figures.items():
+            print(f"  {key:<32} {value}")
+        save("margin", figures)
     return 0
 
 
