@@ -20,9 +20,10 @@ from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
 from processors.margin import parse_price
-from processors.market import Market
+from processors.market import NO_HOUR, Market
 from processors.messages import Command, Event, LedgerLine, MarginEvent, Outcome, Result
 from processors.money import Rejected, parse_amount
+from processors.rates import hour_of
 from processors.reasons import Reason
 from processors.state import UserState, to_json
 from processors.wire import (
@@ -345,6 +346,14 @@ class BatchProcessor:
             return
         if cmd.kind == "ClockTick":
             self._tick(step, source, cmd, load, recall, scan)
+            market = self._market(step, partition, recall)
+            if market.charged_hour != NO_HOUR and hour_of(source.ts_ms) > market.charged_hour:
+                # a full hour struck: its interest is charged into the index, and debts grew with it
+                market = market.copy()
+                market.advance(source.ts_ms)
+                step.markets[partition] = market
+                step.markets_changed.add(partition)
+                self._revalue(step, source, cmd, load, scan)
             return
         # A changed copy: the contexts of inputs applied before keep the market they saw (a quarantine
         # re-applies them with those contexts).

@@ -97,3 +97,31 @@ def test_the_margin_view_shows_level_band_lines_and_interest() -> None:
     stale = Context(later + 31_000, CFG, market=market)
     [row] = monitor.view(state, stale)
     assert row["level"] == "" and "BTC" in row["why"]
+
+
+def test_the_hour_s_interest_moves_a_band_at_the_clock_tick() -> None:
+    """A pool at 10,000% a year (1.14% an hour) so that one hour's interest crosses a line: at 61,000 the short is
+    at 4,050 / (3,050 x 1.0114) = 1.3129, no borrowing; the tick of the next full hour charges another 1.14%:
+    4,050 / (3,050 x 1.0228) = 1.2983, margin call, with the price still fresh."""
+    import dataclasses
+
+    from processors.rates import HOUR_MS, model
+    from tests.unit.test_clock_tick import CFG, tick
+
+    cfg = dataclasses.replace(CFG, rate_models={**CFG.rate_models, "BTC": model("100", "0", "0", "0.5")})
+    start = (T0 // HOUR_MS + 1) * HOUR_MS - 40_000  # 40 s before a full hour
+    part = Partition(cfg)
+    part.step(open_account(start), *(deposit(start, f"0xf{i}") for i in range(10)))
+    part.step(user_input(start, command(Transfer, "in", USER, asset="USDT", amount="1000", from_account="spot",
+                                        to_account="margin")))
+    part.step(rate(start, "BTC", "10", "100"), price(start, "BTC", "20000"))
+    part.step(borrow(start + 1))
+    assert crossings(part.step(price(start + 25_000, "BTC", "61000"))) == [("MarginLevel", "no-transfer-out",
+                                                                             "no-borrowing")]
+    assert crossings(part.step(tick(start + 30_000))) == [], "the same hour: nothing charged"
+    step = part.step(tick(start + 45_000))  # 5 s past the hour, the price 20 s old: fresh
+    assert crossings(step) == [("MarginLevel", "no-borrowing", "margin-call"),
+                               ("MarginCall", "no-borrowing", "margin-call")]
+    assert events(step)[0]["id"].startswith(f"{USER}/margin/system/tick/")
+    stored = part.store.load(USER, 2)
+    assert stored is not None and stored.bands == {"margin": 3}
