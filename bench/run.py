@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +29,30 @@ def save(name: str, figures: dict[str, Any]) -> None:
     print(f"saved {path.relative_to(RESULTS.parent.parent)}")
 
 
+def _phase(name: str, title: str, run: Callable[[], dict[str, Any]]) -> None:
+    print(f"== {title}", flush=True)
+    figures = run()
+    for key, value in figures.items():
+        print(f"  {key:<32} {value}")
+    save(name, figures)
+
+
+def _engine() -> dict[str, Any]:
+    figures = core.run()
+    print(f"  pure core: {figures}", flush=True)
+    print("== engine: end to end through Kafka (one worker)", flush=True)
+    figures.update(e2e.run())
+    return figures
+
+
 def main(argv: list[str]) -> int:
     wanted = set(argv) or {"engine", "sink", "margin"}
     if "engine" in wanted:
-        print("== engine: pure core", flush=True)
-        figures = core.run()
-        print(f"  {figures}", flush=True)
-        print("== engine: end to end through Kafka (one worker)", flush=True)
-        figures.update(e2e.run())
-        for key, value in figures.items():
-            print(f"  {key:<28} {value}")
-        save("engine", figures)
+        _phase("engine", "engine: pure core", _engine)
     if "sink" in wanted:
-        print("== sink: ledger lines into chDB", flush=True)
-        figures = sink.run()
-        for key, value in figures.items():
-            print(f"  {key:<32} {value}")
-        save("sink", figures)
+        _phase("sink", "sink: ledger lines into chDB", sink.run)
     if "margin" in wanted:
-        print("== margin: re-evaluation of watched accounts on price moves", flush=True)
-        figures = margin.run()
-        for key, value in figures.items():
-            print(f"  {key:<32} {value}")
-        save("margin", figures)
+        _phase("margin", "margin: re-evaluation of watched accounts on price moves", margin.run)
     return 0
 
 

@@ -25,8 +25,9 @@ def _get(url: str) -> dict[str, object]:
         return dict(json.loads(exc.read() or b"{}"))
 
 
-def cmd_balances(args: argparse.Namespace) -> int:
-    url = f"{args.worker.rstrip('/')}/users/{args.user}/balances"
+def _user_view(args: argparse.Namespace, what: str) -> dict[str, object] | int:
+    """A user's view from a worker (`/users/<user>/<what>`), or the exit code after saying what went wrong."""
+    url = f"{args.worker.rstrip('/')}/users/{args.user}/{what}"
     try:
         view = _get(url)
     except (urllib.error.URLError, ConnectionError) as exc:
@@ -41,6 +42,13 @@ def cmd_balances(args: argparse.Namespace) -> int:
     if "error" in view:
         print(f"{args.user}: {view['error']} (no account; it is created by an OpenAccount command)", file=sys.stderr)
         return 1
+    return view
+
+
+def cmd_balances(args: argparse.Namespace) -> int:
+    view = _user_view(args, "balances")
+    if isinstance(view, int):
+        return view
     rows = view["balances"]
     assert isinstance(rows, list)
     print(f"user {view['user_id']}  status {view['status']}  kyc tier {view['kyc_tier']}  "
@@ -51,17 +59,9 @@ def cmd_balances(args: argparse.Namespace) -> int:
 
 
 def cmd_margin(args: argparse.Namespace) -> int:
-    url = f"{args.worker.rstrip('/')}/users/{args.user}/margin"
-    try:
-        view = _get(url)
-    except (urllib.error.URLError, ConnectionError) as exc:
-        print(f"error: no posflow worker answers at {args.worker} ({exc}).\n"
-              "Start one with `posflow worker` (or `make demo`), or point --worker / POSFLOW_WORKER_URL at one.",
-              file=sys.stderr)
-        return 2
-    if "error" in view:
-        print(f"{args.user}: {view['error']} {view.get('detail', '')}".rstrip(), file=sys.stderr)
-        return 1
+    view = _user_view(args, "margin")
+    if isinstance(view, int):
+        return view
     accounts = view["accounts"]
     assert isinstance(accounts, list)
     print(f"user {view['user_id']}  status {view['status']}  valued in {view['valuation_asset']}")
