@@ -19,8 +19,8 @@ COMPILED_DIR = SOURCE_DIR.parent / ".local" / "compiled" / "processors"
 DIGEST_FILE = COMPILED_DIR / "SOURCES.sha256"
 # Everything a worker step runs (processors.batch down to apply()); not the Faust shell.
 CORE_MODULES = ("reasons", "money", "rates", "margin", "market", "config", "messages", "state", "applied",
-                "context", "ledger", "checks", "loans", "monitor", "accounts", "deposits", "orders", "withdrawals",
-                "inputs", "engine", "wire", "batch")
+                "context", "ledger", "checks", "loans", "orders", "liquidation", "monitor", "accounts", "deposits",
+                "withdrawals", "inputs", "engine", "wire", "batch")
 
 
 def sources_digest() -> str:

@@ -21,6 +21,8 @@ def transfer(state: UserState, cmd: Command, ctx: Context) -> Applied:
     if src == dst:
         raise Rejected(Reason.SAME_ACCOUNT, f"from and to are both {src}")
     amount = checks.amount(cfg, asset, body["amount"])
+    checks.not_liquidating(state, src)
+    checks.not_liquidating(state, dst)
     checks.funds(state, src, asset, amount)
     if state.loans:
         loans.check_out(state, ctx, src, asset, amount)

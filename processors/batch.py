@@ -21,22 +21,25 @@ from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
 from processors.margin import parse_price
 from processors.market import NO_HOUR, Market
-from processors.messages import Command, Event, LedgerLine, MarginEvent, Outcome, Result
+from processors.messages import Command, Event, LedgerLine, LiquidationOrder, MarginEvent, Outcome, Result
 from processors.money import Rejected, parse_amount
 from processors.rates import hour_of
 from processors.reasons import Reason
 from processors.state import UserState, to_json
 from processors.wire import (
     command_from_avro,
+    command_to_avro,
     dead_letter_to_avro,
     ledger_batch_body,
+    liquidation_order_to_avro,
     margin_event_to_avro,
     result_batch_body,
     to_sign_to_avro,
 )
 from schemas import CODEC, DecodeError
 from streams.partitioner import partition_for
-from streams.topics import DEAD_LETTER, LEDGER, MARGIN_EVENTS, RESULTS, TO_SIGN, TopicSpec
+from streams.topics import DEAD_LETTER, LEDGER, LIQUIDATION_ORDERS, MARGIN_EVENTS, RESULTS, TO_SIGN, TopicSpec
+from streams.topics import SYSTEM as SYSTEM_INPUTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,10 +407,10 @@ class BatchProcessor:
             ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset, market)
             if not monitor.changes(state, ctx):
                 continue
-            state, expired, events = tick(state, ctx, cmd.id)
+            state, touched = tick(state, ctx, cmd.id)
             step.states[user] = (partition, state)
             step.applied.setdefault(user, []).append((cmd, ctx))
-            self._emit_more(step, partition, expired, events)
+            self._emit_more(step, partition, touched)
 
     @staticmethod
     def _holds_this_step(step: Step, user: str, partition: int) -> bool:
@@ -487,9 +490,9 @@ class BatchProcessor:
             return  # stored by an interrupted step
         ctx = Context(source.ts_ms, self.cfg, step.memory, source.topic, source.offset,
                       step.markets.get(partition))
-        state, expired, events = tick(state, ctx, cmd.id)
+        state, touched = tick(state, ctx, cmd.id)
         step.applied.setdefault(user, []).append((cmd, ctx))
-        self._emit_more(step, partition, expired, events)
+        self._emit_more(step, partition, touched)
         if not state.opened and not state.parked:
             step.dropped.add(user)  # nothing waits for an account that never opened: no state to keep
 
@@ -508,7 +511,7 @@ class BatchProcessor:
             if earlier.user_id == user:
                 state, _ = apply(state, earlier, ctx)
             elif state is not None:  # a system input of the partition that touched the user
-                state, _, _ = tick(state, ctx, earlier.id)
+                state, _ = tick(state, ctx, earlier.id)
         if state is not None:
             step.states[user] = (partition, state)
         error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
@@ -543,17 +546,27 @@ class BatchProcessor:
             step.lines.setdefault(partition, []).extend(outcome.lines)
         self._emit_events(step, outcome.events)
 
-    def _emit_more(self, step: Step, partition: int, results: tuple[Result, ...], events: tuple[Event, ...]) -> None:
-        """What a system touch of a user gave: final results of other inputs, events."""
-        if results:
-            step.results.setdefault(partition, []).extend(results)
-        self._emit_events(step, events)
+    def _emit_more(self, step: Step, partition: int, touched: Outcome) -> None:
+        """What a system touch of a user gave: final results of other inputs, ledger lines, events (not the
+        touch's own result)."""
+        if touched.more:
+            step.results.setdefault(partition, []).extend(touched.more)
+        if touched.lines:
+            step.lines.setdefault(partition, []).extend(touched.lines)
+        self._emit_events(step, touched.events)
 
     def _emit_events(self, step: Step, events: tuple[Event, ...]) -> None:
         for event in events:
             if isinstance(event, MarginEvent):
                 step.records.append((MARGIN_EVENTS, event.user_id.encode(),
-                                     CODEC.encode("MarginEvent", margin_event_to_avro(event)), -1))
+                                     CODEC.encode("MarginEvent", margin_event_to_avro(event, self.cfg)), -1))
+            elif isinstance(event, LiquidationOrder):
+                step.records.append((LIQUIDATION_ORDERS, event.user_id.encode(),
+                                     CODEC.encode("LiquidationOrder", liquidation_order_to_avro(event, self.cfg)), -1))
+            elif isinstance(event, Command):
+                # an input the core sends to the user's own partition (a liquidation): applied in a later step
+                step.records.append((SYSTEM_INPUTS, event.user_id.encode(),
+                                     CODEC.encode("Command", command_to_avro(event)), self.owner(event.user_id)))
             else:
                 step.records.append((TO_SIGN, event.user_id.encode(),
                                      CODEC.encode("WithdrawalToSign", to_sign_to_avro(event, self.cfg)), -1))

@@ -106,6 +106,24 @@ class Repay(Borrow):
     """Pays a margin account's loan: interest first, then principal; at most what is owed."""
 
 
+class Liquidate(TypedDict):
+    """The system's decision to liquidate a margin account that crossed its liquidation line
+    (processors.monitor sends it into the user's own partition; processors.liquidation applies it)."""
+
+    account: str
+
+
+class LiquidationFill(TypedDict):
+    """The matching engine's fill of a liquidation order (processors.liquidation): what the order paid of the
+    asset it sells and received of the asset it buys. Sent on the matching engine's topic, marked as a
+    liquidation fill by its kind: no trading fee (the clearance fee is the engine's)."""
+
+    fill_id: str
+    order_id: str
+    pay_amount: str
+    receive_amount: str
+
+
 class MarkPrice(TypedDict):
     """A mark price for one partition's users (processors.market): units of the valuation asset per whole unit
     of `asset`, priced at broker time `priced_ms` on the prices topic."""

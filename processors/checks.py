@@ -45,6 +45,12 @@ def funds(state: UserState, name: str, symbol: str, need: int) -> None:
         raise Rejected(Reason.INSUFFICIENT_FUNDS, f"{name} {symbol}: need {need}, available {have} (minor units)")
 
 
+def not_liquidating(state: UserState, account: str) -> None:
+    """Refuses what would move funds or exposure of a margin account under liquidation (processors.liquidation)."""
+    if state.liquidations and account in state.liquidations:
+        raise Rejected(Reason.ACCOUNT_LIQUIDATING, f"{account} is being liquidated: wait for LiquidationCompleted")
+
+
 def present(field: str, value: str) -> str:
     if not value:
         raise Rejected(Reason.MALFORMED_COMMAND, f"{field} must not be empty")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Final
 
 from processors.margin import CROSS_3X, MarginTier, tier
@@ -92,6 +93,15 @@ class EngineConfig:
     # margin for that market).
     cross_tier: MarginTier = CROSS_3X
     isolated_tiers: dict[str, MarginTier] = field(default_factory=dict)
+    # Liquidation (processors.liquidation): the clearance fee on what a liquidation's fills receive (to the
+    # insurance fund); the slippage an order is sized for beyond the debt it must pay; the most one part sells,
+    # in minor units of the valuation asset (a larger account liquidates in parts), and the engine time between
+    # one part's last fill and the next part; the fills one liquidation order takes.
+    liquidation_fee: Fraction = Fraction(2, 100)
+    liquidation_slippage: Fraction = Fraction(5, 100)
+    liquidation_part_value: int = 1_000_000 * 10**6
+    liquidation_cooldown_ms: int = 2_000
+    liquidation_fills_max: int = 256
 
     def margin_tier(self, account: str) -> MarginTier | None:
         """The tier of a margin account: `margin`, or isolated:<BASE>-<QUOTE> of a market with isolated margin."""

@@ -26,7 +26,7 @@ from typing import Any, Final
 import orjson
 import xxhash
 
-from processors import checks, monitor
+from processors import checks, liquidation, monitor
 from processors.applied import Applied
 from processors.context import Context
 from processors.inputs import KINDS, USER, Kind
@@ -175,17 +175,25 @@ def _release_for_account(state: UserState, ctx: Context) -> tuple[LedgerLine, ..
     return lines
 
 
-def tick(state: UserState, ctx: Context, cause: str) -> tuple[UserState, tuple[Result, ...], tuple[Event, ...]]:
+def tick(state: UserState, ctx: Context, cause: str) -> tuple[UserState, Outcome]:
     """A system touch of this user (a clock tick when its PARKED_DUE record expired; a price or a rate moving
     its margin accounts): parked chain events that waited longer than `parked_ttl_ms` of engine time are given
-    up, the next due time is marked for those left, and the margin accounts are re-valued. `cause`: the system
-    input's id, which names the margin events it sends."""
+    up, the next due time is marked for those left, liquidations whose cooldown is over start their next part,
+    and the margin accounts are re-valued. `cause`: the system input's id, which names the margin events it
+    sends and the ledger entries it writes. The outcome's result is the touch's own (never emitted); its `more`,
+    the final results of parked events given up."""
     assert ctx.offset >= state.through.get(ctx.topic, -1), "a topic's inputs apply in offset order"
     expired = _expire_parked(state, ctx) if state.parked else ()
     _mark_parked_due(state, ctx)
-    events = monitor.evaluate(state, ctx, f"system/{cause}") if monitor.watched(state) else ()
+    lines: tuple[LedgerLine, ...] = ()
+    events: tuple[Event, ...] = ()
+    if state.liquidations:
+        lines, events = liquidation.resume(state, ctx, cause)
+    if monitor.watched(state):
+        events += monitor.evaluate(state, ctx, f"system/{cause}")
     state.through[ctx.topic] = ctx.offset
-    return state, expired, events
+    touch = Result(cause, ctx.now_ms, state.user_id, "SystemTouch", "ACCEPTED", None, "", len(lines))
+    return state, Outcome(touch, lines, events, expired)
 
 
 def _mark_parked_due(state: UserState, ctx: Context) -> None:

@@ -1,7 +1,7 @@
 """The one registry of input kinds: where each kind is declared once.
 
 Every input has a source: a user command (API gateway, matching engine), the chain (watcher, signer),
-an operator, or the system (clock ticks, mark prices, pool rates; later liquidations). Each source writes its
+an operator, or the system (clock ticks, mark prices, pool rates, liquidations). Each source writes its
 own topic (Kafka ACLs keep them apart, DESIGN §7), and an input id is unique within its source only:
 deduplication keys on (source, id), so no input of one source can shadow another's (a user cannot
 pre-empt their own deposit's id). Routing (streams.client), the source check (processors.engine), the
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
-from processors import accounts, deposits, loans, messages, orders, withdrawals
+from processors import accounts, deposits, liquidation, loans, messages, orders, withdrawals
 from processors.applied import Applied
 from processors.context import Context
 from processors.messages import (
@@ -28,6 +28,8 @@ from processors.messages import (
     DepositReverted,
     DepositSeen,
     FillSettle,
+    Liquidate,
+    LiquidationFill,
     MarkPrice,
     OpenAccount,
     OrderHold,
@@ -106,6 +108,10 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind(ClockTick, SYSTEM, accounts.not_per_user, per_partition=True),
     Kind(MarkPrice, SYSTEM, accounts.not_per_user, per_partition=True),
     Kind(BorrowRate, SYSTEM, accounts.not_per_user, per_partition=True),
+    # The system's own decision, sent into the user's partition by the monitor (processors.liquidation).
+    Kind(Liquidate, SYSTEM, liquidation.start),
+    # The matching engine reports what a liquidation order sold, on its own (the user commands') topic.
+    Kind(LiquidationFill, USER, liquidation.fill),
 )}
 CHAIN_KINDS: Final = frozenset(k.name for k in KINDS.values() if k.source == CHAIN)
 _BY_BODY: Final[dict[object, Kind]] = {k.body: k for k in KINDS.values()}

@@ -32,8 +32,13 @@ WITHDRAWAL: Final = "WITHDRAWAL"
 WITHDRAWAL_RETURN: Final = "WITHDRAWAL_RETURN"
 BORROW: Final = "BORROW"
 REPAY: Final = "REPAY"
+# A liquidation (processors.liquidation): its start or next part (holds released, debts paid from what the
+# account holds of them, orders' amounts frozen, a shortfall paid), and each fill of its orders.
+LIQUIDATION: Final = "LIQUIDATION"
+LIQUIDATION_FILL: Final = "LIQUIDATION_FILL"
 ENTRY_TYPES: Final = frozenset((DEPOSIT, DEPOSIT_REVERSAL, TRANSFER, ORDER_HOLD, ORDER_RELEASE, FILL,
-                                WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN, BORROW, REPAY))
+                                WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN, BORROW, REPAY, LIQUIDATION,
+                                LIQUIDATION_FILL))
 
 # System accounts: the exchange's own side of an entry. Their lines have user_id SYSTEM_USER, bucket
 # "balance", and an account named SYSTEM_PREFIX + name; their balances live in the ledger only.
@@ -48,7 +53,10 @@ CUSTODY_PREFIX: Final = "sys:custody:"  # + chain: what the exchange holds on th
 LENDING_POOL: Final = "sys:lending_pool"
 LOANS_RECEIVABLE: Final = "sys:loans_receivable"
 INTEREST_INCOME: Final = "sys:interest_income"
-_SYSTEM_ACCOUNTS: Final = frozenset((CLEARING, FEE_REVENUE, LENDING_POOL, LOANS_RECEIVABLE, INTEREST_INCOME))
+# Liquidations' clearance fees come in; a liquidated account's debts its assets could not pay go out.
+INSURANCE_FUND: Final = "sys:insurance_fund"
+_SYSTEM_ACCOUNTS: Final = frozenset((CLEARING, FEE_REVENUE, LENDING_POOL, LOANS_RECEIVABLE, INTEREST_INCOME,
+                                     INSURANCE_FUND))
 
 
 def custody(chain: str) -> str:

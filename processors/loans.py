@@ -35,7 +35,8 @@ def borrow(state: UserState, cmd: Command, ctx: Context) -> Applied:
     body: Borrow = cmd.body  # type: ignore[assignment]
     asset = checks.asset(cfg, body["asset"]).symbol
     account, tier = _margin_account(ctx, body["account"], asset)
-    market = _market(ctx)
+    checks.not_liquidating(state, account)
+    market = market_of(ctx)
     rate = market.rates.get(asset)
     if asset not in cfg.rate_models or rate is None:
         raise Rejected(Reason.NO_LENDING_POOL, f"{asset} cannot be borrowed now: its pool has no rate yet")
@@ -43,7 +44,7 @@ def borrow(state: UserState, cmd: Command, ctx: Context) -> Applied:
     index = market.index_at(asset, ctx.now_ms)
     first_hour = interest(amount, 0, rate)
     assets, liabilities = valued(state, ctx, account)
-    price, scale, quote = _price(ctx, asset), cfg.assets[asset].scale, _quote_scale(ctx)
+    price, scale, quote = price_of(ctx, asset), cfg.assets[asset].scale, quote_scale(ctx)
     # The borrowed coins are the account's too; the new debt is the loan and its first hour.
     assets += value_down(amount, scale, price, quote)
     liabilities += value_up(amount + first_hour, scale, price, quote)
@@ -69,11 +70,12 @@ def repay(state: UserState, cmd: Command, ctx: Context) -> Applied:
     body: Repay = cmd.body  # type: ignore[assignment]
     asset = checks.asset(cfg, body["asset"]).symbol
     account, _ = _margin_account(ctx, body["account"], asset)
+    checks.not_liquidating(state, account)  # the liquidation pays the debts
     loan = state.loans.get((account, asset))
     if loan is None:
         raise Rejected(Reason.NOTHING_TO_REPAY, f"{account} owes no {asset}")
     amount = checks.amount(cfg, asset, body["amount"])
-    index = _market(ctx).index_at(asset, ctx.now_ms)
+    index = market_of(ctx).index_at(asset, ctx.now_ms)
     principal = state.balances[(account, asset)][BORROWED]
     owed_interest = loan.interest + _since(loan, principal, index)
     pay = min(amount, owed_interest + principal)
@@ -82,19 +84,44 @@ def repay(state: UserState, cmd: Command, ctx: Context) -> Applied:
     pay_principal = pay - pay_interest
     entry = Entry(state, entry_id(cmd), REPAY, ctx.now_ms)
     _booked(entry, state, account, asset, index)
+    pay_down(entry, state, account, asset, pay_interest, pay_principal, None)
+    left = owed_interest + principal - pay
+    assert loan.interest == owed_interest - pay_interest
+    return entry.applied(detail=f"paid {pay_interest} interest and {pay_principal} principal; {left} owed")
+
+
+def owed(entry: Entry, state: UserState, account: str, asset: str, index: int) -> tuple[int, int]:
+    """(interest, principal) the account owes in `asset`, its interest booked up to `index` first (a debt
+    without a loan is a reverted deposit's shortfall: principal only)."""
+    principal = state.balances.get((account, asset), (0, 0, 0))[BORROWED]
+    if (account, asset) not in state.loans:
+        return 0, principal
+    return _booked(entry, state, account, asset, index).interest, principal
+
+
+def pay_down(entry: Entry, state: UserState, account: str, asset: str, pay_interest: int, pay_principal: int,
+             payer: str | None) -> None:
+    """Pay booked interest, then principal, of the account's debt in `asset`, from its available balance
+    (`payer` None) or from a system account (a liquidation fill's proceeds in clearing, the insurance fund). A
+    loan paid off is closed: interest is paid first, so nothing is left of either."""
     if pay_interest:
-        entry.user(account, asset, "available", -pay_interest)
+        _fund(entry, account, asset, pay_interest, payer)
         entry.interest(account, asset, pay_interest)
     if pay_principal:
-        entry.user(account, asset, "available", -pay_principal)
+        _fund(entry, account, asset, pay_principal, payer)
         entry.system(LENDING_POOL, asset, pay_principal)
         entry.user(account, asset, "borrowed", pay_principal)
         entry.system(LOANS_RECEIVABLE, asset, -pay_principal)
-    left = owed_interest + principal - pay
-    if not left:
-        del state.loans[(account, asset)]  # paid off: interest first, so nothing is left of either
-    assert loan.interest == owed_interest - pay_interest
-    return entry.applied(detail=f"paid {pay_interest} interest and {pay_principal} principal; {left} owed")
+    loan = state.loans.get((account, asset))
+    if loan is not None and not loan.interest and not state.balances.get((account, asset), (0, 0, 0))[BORROWED]:
+        del state.loans[(account, asset)]
+
+
+def _fund(entry: Entry, account: str, asset: str, amount: int, payer: str | None) -> None:
+    if payer is None:
+        entry.user(account, asset, "available", -amount)
+    else:
+        entry.system(payer, asset, -amount)
 
 
 def check_out(state: UserState, ctx: Context, account: str, asset: str, amount: int) -> None:
@@ -104,7 +131,7 @@ def check_out(state: UserState, ctx: Context, account: str, asset: str, amount: 
     if tier is None or not any(key[0] == account for key in state.loans):
         return
     assets, liabilities = valued(state, ctx, account)
-    assets -= value_up(amount, ctx.cfg.assets[asset].scale, _price(ctx, asset), _quote_scale(ctx))
+    assets -= value_up(amount, ctx.cfg.assets[asset].scale, price_of(ctx, asset), quote_scale(ctx))
     if assets < 0 or at_or_below(assets, liabilities, tier.transfer_out_above):
         raise Rejected(Reason.MARGIN_LEVEL_TOO_LOW, f"{account} owes: it must keep a margin level above "
                                                     f"{float(tier.transfer_out_above):g} ({tier.name})")
@@ -118,21 +145,21 @@ def _margin_account(ctx: Context, name: str, asset: str) -> tuple[str, MarginTie
     return account, tier
 
 
-def _market(ctx: Context) -> Market:
+def market_of(ctx: Context) -> Market:
     if ctx.market is None:
         raise Rejected(Reason.PRICE_UNAVAILABLE, "no market in force on this partition yet")
     return ctx.market
 
 
-def _quote_scale(ctx: Context) -> int:
+def quote_scale(ctx: Context) -> int:
     return ctx.cfg.assets[ctx.cfg.valuation_asset].scale
 
 
-def _price(ctx: Context, asset: str) -> int:
+def price_of(ctx: Context, asset: str) -> int:
     """The asset's mark price in force, in valuation units; refused when there is none or it is stale."""
     if asset == ctx.cfg.valuation_asset:
         return PRICE_ONE
-    price = _market(ctx).price(asset, ctx.now_ms, ctx.cfg.price_max_age_ms)
+    price = market_of(ctx).price(asset, ctx.now_ms, ctx.cfg.price_max_age_ms)
     if price is None:
         raise Rejected(Reason.PRICE_UNAVAILABLE, f"no mark price of {asset} within "
                                                  f"{ctx.cfg.price_max_age_ms} ms: try again when prices flow")
@@ -142,13 +169,13 @@ def _price(ctx: Context, asset: str) -> int:
 def valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
     """(assets, liabilities) of the account in minor units of the valuation asset: what it holds (available
     and frozen) valued down; what it owes (principal, interest booked, and interest since) valued up."""
-    cfg, market, now = ctx.cfg, _market(ctx), ctx.now_ms
-    quote = _quote_scale(ctx)
+    cfg, market, now = ctx.cfg, market_of(ctx), ctx.now_ms
+    quote = quote_scale(ctx)
     assets = liabilities = 0
     for (name, asset), (available, frozen, borrowed) in state.balances.items():
         if name != account:
             continue
-        price, scale = _price(ctx, asset), cfg.assets[asset].scale
+        price, scale = price_of(ctx, asset), cfg.assets[asset].scale
         if available or frozen:
             assets += value_down(available + frozen, scale, price, quote)
         owed = borrowed  # a loan's principal, or a reverted deposit's shortfall (processors.deposits)

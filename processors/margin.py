@@ -50,6 +50,27 @@ def value_up(amount: int, scale: int, price: int, quote_scale: int) -> int:
     return -(-amount * price * _POW10[quote_scale] // (_POW10[scale] * PRICE_ONE))
 
 
+def amount_worth(value: int, scale: int, price: int, quote_scale: int) -> int:
+    """The least amount of an asset of `scale` decimals whose value at `price` is at least `value` minor units of
+    the valuation asset (rounded up: what must be sold to raise it at that price)."""
+    assert value >= 0 and price > 0
+    return -(-value * _POW10[scale] * PRICE_ONE // (price * _POW10[quote_scale]))
+
+
+def cross_price(price: int, per: int) -> int:
+    """The price of an asset priced `price` in units of an asset priced `per` (both in valuation units), 18
+    decimals rounded down."""
+    assert price > 0 and per > 0
+    return price * PRICE_ONE // per
+
+
+def price_text(price: int) -> str:
+    """An 18-decimal price as decimal text, trailing zeros dropped ('61000.5')."""
+    whole, frac = divmod(price, PRICE_ONE)
+    text = f"{whole}.{frac:0{PRICE_DECIMALS}d}".rstrip("0")
+    return text.rstrip(".")
+
+
 def line(text: str) -> Fraction:
     """A margin line from config text ('1.1'): exact, above 1 (at or below 1 the debt exceeds the assets)."""
     ratio = Fraction(text)

@@ -45,6 +45,8 @@ DepositConfirmed = bodies.DepositConfirmed
 DepositReverted = bodies.DepositReverted
 DepositSeen = bodies.DepositSeen
 FillSettle = bodies.FillSettle
+Liquidate = bodies.Liquidate
+LiquidationFill = bodies.LiquidationFill
 MarkPrice = bodies.MarkPrice
 OpenAccount = bodies.OpenAccount
 OrderHold = bodies.OrderHold
@@ -192,9 +194,29 @@ class MarginEvent(NamedTuple):
     previous_band: str
     level: str
     tier: str
+    # a liquidation's events (LiquidationStarted, LiquidationCompleted): what it did, and the debt the insurance
+    # fund paid, valued up in minor units of the valuation asset
+    detail: str = ""
+    shortfall_value: int = 0
 
 
-Event = WithdrawalToSign | MarginEvent
+class LiquidationOrder(NamedTuple):
+    """An order for the matching engine: sell `sell_amount` of `sell_asset` from a liquidated margin account
+    for `buy_asset` (processors.liquidation). `mark_price`: units of buy_asset per unit of sell_asset at the
+    mark prices the order was sized with."""
+
+    id: str
+    ts_ms: int
+    user_id: str
+    account: str
+    sell_asset: str
+    sell_amount: int
+    buy_asset: str
+    mark_price: str
+    part: int
+
+
+Event = WithdrawalToSign | MarginEvent | LiquidationOrder | Command
 
 
 class Outcome(Value):

@@ -6,17 +6,19 @@ An account is re-valued after every input accepted for an indebted user, and on 
 `MarginLevel` event; entering the margin-call band from above it, also a `MarginCall`. Both carry the input
 that made the crossing, so one crossing is one event, however often the input is re-applied or resent. An
 account that cannot be valued (a price missing or older than price_max_age_ms) keeps its band: a stale price
-never moves an account into margin call or liquidation, nor out of it.
+never moves an account into margin call or liquidation, nor out of it. Entering the liquidation band also sends a
+`Liquidate` input into the user's own partition (processors.liquidation.request); an account being liquidated
+keeps its band until the liquidation completes, and is not re-valued meanwhile.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from processors import loans
+from processors import liquidation, loans
 from processors.context import Context
-from processors.margin import BAND_NAMES, HEALTHY, MARGIN_CALL, band, level_text, line_text
-from processors.messages import MarginEvent
+from processors.margin import BAND_NAMES, HEALTHY, LIQUIDATION, MARGIN_CALL, band, level_text, line_text
+from processors.messages import Event, MarginEvent
 from processors.money import Rejected
 from processors.state import UserState
 
@@ -25,13 +27,17 @@ MARGIN_CALL_EVENT = "MarginCall"
 
 
 def watched(state: UserState) -> bool:
-    """Whether the user has a margin account to watch: one that owes, or one whose band is not healthy."""
-    return bool(state.loans or state.bands)
+    """Whether the user has a margin account to watch: one that owes, one whose band is not healthy, or one being
+    liquidated."""
+    return bool(state.loans or state.bands or state.liquidations)
 
 
 def changes(state: UserState, ctx: Context) -> bool:
-    """Whether `evaluate` would change a band (and send an event): pure, for choosing whom a price touches."""
-    for account in {account for account, _ in state.loans} | set(state.bands):
+    """Whether `evaluate` would change a band (and send an event), or a liquidation may start its next part: pure,
+    for choosing whom a price touches."""
+    if state.liquidations and liquidation.due(state, ctx.now_ms):
+        return True
+    for account in _valued_accounts(state):
         tier = ctx.cfg.margin_tier(account)
         if tier is None:
             continue
@@ -44,12 +50,19 @@ def changes(state: UserState, ctx: Context) -> bool:
     return False
 
 
-def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[MarginEvent, ...]:
-    """Re-value the user's margin accounts; the events of those whose band changed. `cause` names the input
-    (its source and id, or the system record's position) whose application this follows."""
-    accounts = sorted({account for account, _ in state.loans} | set(state.bands))
-    out: list[MarginEvent] = []
-    for account in accounts:
+def _valued_accounts(state: UserState) -> set[str]:
+    """The margin accounts whose band follows their level: those that owe or have a band, but not those being
+    liquidated (their band is liquidation until it completes)."""
+    accounts = {account for account, _ in state.loans} | set(state.bands)
+    return accounts - set(state.liquidations) if state.liquidations else accounts
+
+
+def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[Event, ...]:
+    """Re-value the user's margin accounts; the events of those whose band changed, and a `Liquidate` input for
+    each that entered the liquidation band. `cause` names the input (its source and id, or the system record's
+    position) whose application this follows."""
+    out: list[Event] = []
+    for account in sorted(_valued_accounts(state)):
         tier = ctx.cfg.margin_tier(account)
         if tier is None:
             continue  # an isolated market no longer configured: its loans are still repaid, not watched
@@ -70,6 +83,8 @@ def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[MarginEvent, .
         for kind in kinds:
             out.append(MarginEvent(f"{state.user_id}/{account}/{cause}/{kind}/{BAND_NAMES[new]}", ctx.now_ms,
                                    state.user_id, account, kind, BAND_NAMES[new], BAND_NAMES[old], level, tier.name))
+        if new == LIQUIDATION:
+            out.append(liquidation.request(state, account, ctx.now_ms))
     return tuple(out)
 
 
@@ -78,10 +93,16 @@ def view(state: UserState, ctx: Context) -> list[dict[str, Any]]:
     its tier and lines, band, level (or why there is none), and its loans with interest booked and accrued
     since. Amounts in minor units; the caller formats them."""
     rows: list[dict[str, Any]] = []
-    for account in sorted({account for account, _ in state.loans} | set(state.bands)):
+    for account in sorted({account for account, _ in state.loans} | set(state.bands) | set(state.liquidations)):
         tier = ctx.cfg.margin_tier(account)
         row: dict[str, Any] = {"account": account, "tier": tier.name if tier else "",
-                                  "band": BAND_NAMES[state.bands.get(account, HEALTHY)]}
+                                  "band": BAND_NAMES[state.bands.get(account, HEALTHY)],
+                                  "status": "liquidating" if account in state.liquidations else "normal"}
+        under_way = state.liquidations.get(account)
+        if under_way is not None:
+            row["liquidation"] = {"id": under_way.id, "part": under_way.part, "next_part_ms": under_way.due_ms,
+                                  "orders": {k: {"sell": o.sell, "buy": o.buy, "remaining": o.remaining}
+                                             for k, o in under_way.orders.items()}}
         if tier is not None:
             row["lines"] = {"transfer_out_above": line_text(tier.transfer_out_above),
                             "borrow_above": line_text(tier.borrow_above), "call_at": line_text(tier.call_at),

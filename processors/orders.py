@@ -34,6 +34,7 @@ def hold(state: UserState, cmd: Command, ctx: Context) -> Applied:
     asset = checks.asset(cfg, body["asset"]).symbol
     account = checks.account(cfg, body["account"], asset)
     amount = checks.amount(cfg, asset, body["amount"])
+    checks.not_liquidating(state, account)
     checks.funds(state, account, asset, amount)
     entry = Entry(state, entry_id(cmd), ORDER_HOLD, ctx.now_ms)
     entry.user(account, asset, "available", -amount)
@@ -92,6 +93,15 @@ def _reduce(state: UserState, ctx: Context, order_id: str, held: Hold, amount: i
             if until > ctx.now_ms:
                 ctx.let_go(state, _closed(oldest), 1, until)
         assert len(closed) <= ctx.cfg.closed_orders_kept
+
+
+def cancel(entry: Entry, state: UserState, ctx: Context, order_id: str) -> None:
+    """Release all an open order holds and close it, within `entry` (a liquidation's start: processors.liquidation).
+    Its later fills are ORDER_CLOSED, as a released order's."""
+    held = state.holds[order_id]
+    entry.user(held.account, held.asset, "frozen", -held.remaining)
+    entry.user(held.account, held.asset, "available", held.remaining)
+    _reduce(state, ctx, order_id, held, held.remaining)
 
 
 def release(state: UserState, cmd: Command, ctx: Context) -> Applied:

@@ -56,6 +56,11 @@ class Reason(StrEnum):
     PRICE_UNAVAILABLE = "PRICE_UNAVAILABLE"  # an asset of the account has no mark price, or only a stale one
     MARGIN_LEVEL_TOO_LOW = "MARGIN_LEVEL_TOO_LOW"  # the loan or the transfer out would cross the tier's line
     NOTHING_TO_REPAY = "NOTHING_TO_REPAY"  # no loan of this asset in this account
+    ACCOUNT_LIQUIDATING = "ACCOUNT_LIQUIDATING"  # the margin account is being liquidated: no orders, loans, transfers
+    NOT_LIQUIDATABLE = "NOT_LIQUIDATABLE"  # re-checked at the current price, the account is above its liquidation line
+    ALREADY_LIQUIDATING = "ALREADY_LIQUIDATING"  # a liquidation of the account is under way (one per crossing)
+    UNKNOWN_LIQUIDATION_ORDER = "UNKNOWN_LIQUIDATION_ORDER"  # no open liquidation order has this id (filled, or never)
+    TOO_MANY_FILLS = "TOO_MANY_FILLS"  # a liquidation order took liquidation_fills_max fills: the rest in one
     # flags on accepted inputs
     REVERSAL_SHORTFALL = "REVERSAL_SHORTFALL"  # a reverted deposit was already spent: debt booked, account frozen
     PARKED = "PARKED"  # a chain event for a withdrawal or an account not there yet: applied when it appears

@@ -24,11 +24,11 @@ BORROWED: Final = 2
 # 7: a window entry holds what its key and the state do not (`Accepted`); 8: `memory_until`, `window_ms`;
 # 9: recently closed orders (`closed`), each open order's latest fill ids (`Hold.fills`), the window's
 # entries as text (`entry_text`) by input key; 10: margin loans' interest and index readings (`loans`), margin
-# accounts' bands (`bands`)
-STATE_VERSION: Final = 10
+# accounts' bands (`bands`); 11: liquidations under way (`liquidations`)
+STATE_VERSION: Final = 11
 # A version 3 state has no positions: read as "none recorded". Versions 3 and 4 keep their deposits in
 # the state (`legacy_deposits`, read-only: new deposits are remembered outside the hot state).
-READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8, 9, 10})
+READS_VERSIONS: Final = frozenset({3, 4, 5, 6, 7, 8, 9, 10, 11})
 
 AccountStatus = Literal["normal", "frozen"]
 WithdrawalStatus = Literal["pending_approval", "approved", "broadcast", "completed", "failed", "cancelled"]
@@ -146,6 +146,40 @@ class Loan(Value):
         return (self.interest, self.index)
 
 
+class SellOrder(Value):
+    """An open liquidation order (processors.liquidation): what is left to sell of `sell` (frozen in the account
+    meanwhile) for `buy`, and the ids of the fills settled on it. A plain class, as `Hold`."""
+
+    __slots__ = ("buy", "fills", "remaining", "sell")
+
+    def __init__(self, sell: str, buy: str, remaining: int, fills: list[str] | None = None) -> None:
+        assert remaining > 0, "a filled order is closed, not kept"
+        self.sell = sell
+        self.buy = buy
+        self.remaining = remaining
+        self.fills: list[str] = fills if fills is not None else []
+
+    def fields(self) -> tuple[str, str, int, list[str]]:
+        return (self.sell, self.buy, self.remaining, self.fills)
+
+
+class Liquidation(Value):
+    """A margin account's liquidation, from its `Liquidate` input (`id`) until its debts are paid: the parts
+    started, the engine time from which the next part may start (0 while a part's orders are open), and the
+    open orders of the current part by order id. A plain class, as `Hold`."""
+
+    __slots__ = ("due_ms", "id", "orders", "part")
+
+    def __init__(self, id: str, part: int, due_ms: int, orders: dict[str, SellOrder] | None = None) -> None:
+        self.id = id
+        self.part = part
+        self.due_ms = due_ms
+        self.orders: dict[str, SellOrder] = orders if orders is not None else {}
+
+    def fields(self) -> tuple[str, int, int, dict[str, SellOrder]]:
+        return (self.id, self.part, self.due_ms, self.orders)
+
+
 @dataclass(slots=True)
 class Deposit:
     asset: str
@@ -171,6 +205,8 @@ class UserState:
     loans: dict[tuple[str, str], Loan] = field(default_factory=dict)
     # margin sub-account -> its band of margin level (processors.margin.band), while not healthy
     bands: dict[str, int] = field(default_factory=dict)
+    # margin sub-account -> its liquidation, while under way: the account is locked (processors.liquidation)
+    liquidations: dict[str, Liquidation] = field(default_factory=dict)
     # deposits of a state written before version 5 (since then they live in the engine's memory)
     legacy_deposits: dict[str, Deposit] = field(default_factory=dict)
     # withdrawal id ("" for the account itself) -> chain events that arrived before it, oldest first:
@@ -250,6 +286,10 @@ class UserState:
         for w in self.withdrawals.values():
             if w.status in OPEN_WITHDRAWAL:
                 held[(w.account, w.asset)] = held.get((w.account, w.asset), 0) + w.frozen
+        for account, liquidation in self.liquidations.items():
+            assert (liquidation.due_ms == 0) == bool(liquidation.orders), f"{self.user_id} {account}: a part is open"
+            for order in liquidation.orders.values():
+                held[(account, order.sell)] = held.get((account, order.sell), 0) + order.remaining
         for key, triple in self.balances.items():
             assert triple[FROZEN] == held.get(key, 0), f"{self.user_id} {key}: frozen != open holds"
         for key in self.loans:
@@ -284,6 +324,10 @@ class UserState:
             doc["bands"] = self.bands
         if self.loans:
             doc["loans"] = [[a, s, loan.interest, loan.index] for (a, s), loan in self.loans.items()]
+        if self.liquidations:
+            doc["liq"] = {a: [q.id, q.part, q.due_ms, {k: [o.sell, o.buy, o.remaining, o.fills]
+                                                       for k, o in q.orders.items()}]
+                          for a, q in self.liquidations.items()}
         if self.legacy_deposits:
             doc["deposits"] = {k: [d.asset, d.amount, d.account, d.status] for k, d in self.legacy_deposits.items()}
         return to_json(doc)
@@ -332,6 +376,8 @@ class UserState:
             withdrawals={k: Withdrawal(*v) for k, v in doc["withdrawals"].items()},
             loans={(a, s): Loan(interest, index) for a, s, interest, index in doc.get("loans", ())},
             bands=doc.get("bands", {}),
+            liquidations={a: Liquidation(i, part, due, {k: SellOrder(*o) for k, o in orders.items()})
+                          for a, (i, part, due, orders) in doc.get("liq", {}).items()},
             legacy_deposits={k: Deposit(*v) for k, v in doc.get("deposits", {}).items()},
             parked=parked,
             through=doc.get("through", {}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from processors.config import EngineConfig
-from processors.messages import Command, LedgerLine, MarginEvent, Result, WithdrawalToSign
+from processors.messages import Command, LedgerLine, LiquidationOrder, MarginEvent, Result, WithdrawalToSign
 from processors.money import format_amount
 from schemas.compiled import write_long
 
@@ -50,10 +50,18 @@ def line_to_avro(line: LedgerLine, cfg: EngineConfig) -> dict[str, Any]:
     }
 
 
-def margin_event_to_avro(ev: MarginEvent) -> dict[str, Any]:
+def margin_event_to_avro(ev: MarginEvent, cfg: EngineConfig) -> dict[str, Any]:
     return {"id": ev.id, "ts_ms": ev.ts_ms, "schema_version": SCHEMA_VERSION, "user_id": ev.user_id,
             "account": ev.account, "kind": ev.kind, "band": ev.band, "previous_band": ev.previous_band,
-            "level": ev.level, "tier": ev.tier}
+            "level": ev.level, "tier": ev.tier, "detail": ev.detail,
+            "shortfall": format_amount(ev.shortfall_value, cfg.assets[cfg.valuation_asset].scale)}
+
+
+def liquidation_order_to_avro(order: LiquidationOrder, cfg: EngineConfig) -> dict[str, Any]:
+    return {"id": order.id, "ts_ms": order.ts_ms, "schema_version": SCHEMA_VERSION, "user_id": order.user_id,
+            "account": order.account, "sell_asset": order.sell_asset,
+            "sell_amount": format_amount(order.sell_amount, cfg.assets[order.sell_asset].scale),
+            "buy_asset": order.buy_asset, "mark_price": order.mark_price, "part": order.part}
 
 
 def to_sign_to_avro(ev: WithdrawalToSign, cfg: EngineConfig) -> dict[str, Any]:

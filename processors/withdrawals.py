@@ -53,6 +53,7 @@ def request(state: UserState, cmd: Command, ctx: Context) -> Applied:
         raise Rejected(Reason.BELOW_MINIMUM, f"minimum withdrawal is {rules.min_withdrawal} minor units")
     if fee < rules.withdrawal_fee:
         raise Rejected(Reason.BAD_FEE, f"the fee must be at least {rules.withdrawal_fee} minor units")
+    checks.not_liquidating(state, account)
     checks.funds(state, account, asset, amount + fee)
     if state.loans:
         loans.check_out(state, ctx, account, asset, amount + fee)

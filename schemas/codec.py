@@ -24,7 +24,7 @@ HEADER_LEN = len(MAGIC) + 8
 NAMESPACE = "posflow"
 # The message types that travel on topics; the other .avsc files are their parts.
 MESSAGES = ("Command", "CommandBatch", "Result", "LedgerLine", "WithdrawalToSign", "DeadLetter",
-            "ResultBatch", "LedgerBatch", "MarginEvent")
+            "ResultBatch", "LedgerBatch", "MarginEvent", "LiquidationOrder")
 
 
 class DecodeError(ValueError):

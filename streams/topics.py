@@ -53,18 +53,21 @@ CHAIN_EVENTS = TopicSpec("chain-events", Key.USER, False, WEEK_MS, "deposits and
 OPERATOR = TopicSpec("operator-commands", Key.USER, False, WEEK_MS, "approvals and risk decisions by operators", True)
 # Written to each partition by the worker that owns it (clock ticks): the partition's own inputs, so the
 # journal orders them with the rest and a re-applied step sees the same ticks (DESIGN §1a).
-SYSTEM = TopicSpec("system-inputs", Key.NONE, False, WEEK_MS, "clock ticks, one stream per partition", True)
+SYSTEM = TopicSpec("system-inputs", Key.NONE, False, WEEK_MS, "clock ticks, liquidations: the partition's own", True)
 # Stamped by the broker: a price's age counts from when the exchange received it (streams.market).
 PRICES = TopicSpec("prices", Key.SYMBOL, True, -1, "mark prices and pool rates, latest per key", True)
 RESULTS = TopicSpec("results", Key.USER, False, WEEK_MS, "a result per command, in ResultBatch records per partition")
 LEDGER = TopicSpec("ledger", Key.USER, False, -1, "double-entry ledger lines in LedgerBatch records, kept forever")
 MARGIN_EVENTS = TopicSpec("margin-events", Key.USER, False, WEEK_MS, "margin levels, calls, liquidations")
+# Written by the engine for the matching engine: what a liquidation sells (processors.liquidation).
+LIQUIDATION_ORDERS = TopicSpec("liquidation-orders", Key.USER, False, WEEK_MS, "liquidations' orders to the matcher")
 TO_SIGN = TopicSpec("withdrawals-to-sign", Key.USER, False, WEEK_MS, "approved withdrawals for the signer")
 DEAD_LETTER = TopicSpec("dead-letter", Key.NONE, False, -1, "undecodable records with original bytes")
 LIMITS = TopicSpec("limits-config", Key.CONFIG, True, -1, "limit configuration, latest per key")
 
 ALL: tuple[TopicSpec, ...] = (
-    COMMANDS, CHAIN_EVENTS, OPERATOR, SYSTEM, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, TO_SIGN, DEAD_LETTER, LIMITS,
+    COMMANDS, CHAIN_EVENTS, OPERATOR, SYSTEM, PRICES, RESULTS, LEDGER, MARGIN_EVENTS, LIQUIDATION_ORDERS, TO_SIGN,
+    DEAD_LETTER, LIMITS,
 )
 # The engine's input topics, one per source of inputs (processors.inputs): who may write a topic is who
 # the engine takes that source's inputs from.

@@ -357,7 +357,7 @@ def test_margin_views_and_events_land(chdb_store: ChdbStore) -> None:
         ("USDT", Decimal("0.003425"), 1)]
     event = MarginEvent("u/margin/user/b/MarginLevel/no-transfer-out", T0, "u", "margin", "MarginLevel",
                         "no-transfer-out", "healthy", "1.6666", "cross-3x")
-    body = CODEC.encode("MarginEvent", margin_event_to_avro(event))[HEADER_LEN:]
+    body = CODEC.encode("MarginEvent", margin_event_to_avro(event, default_config()))[HEADER_LEN:]
     for _ in range(2):  # a retried insert of the same batch
         chdb_store.insert("margin_events_in", "Avro", container("MarginEvent", [body]), "margin-1")
     assert chdb_store.query("SELECT id, kind, band, previous_band, level FROM margin_events FINAL").rows == [
