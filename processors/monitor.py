@@ -7,7 +7,8 @@ An account is re-valued after every input accepted for an indebted user, and on 
 that made the crossing, so one crossing is one event, however often the input is re-applied or resent. An
 account that cannot be valued (a price missing or older than price_max_age_ms) keeps its band: a stale price
 never moves an account into margin call or liquidation, nor out of it. Entering the liquidation band also sends a
-`Liquidate` input into the user's own partition (processors.liquidation.request); an account being liquidated
+`Liquidate` input into the user's own partition (processors.liquidation.request), and so does every valuation
+that finds the account there until one applies; an account being liquidated
 keeps its band until the liquidation completes, and is not re-valued meanwhile.
 """
 
@@ -45,7 +46,8 @@ def changes(state: UserState, ctx: Context) -> bool:
             assets, liabilities = loans.valued(state, ctx, account)
         except Rejected:
             continue
-        if band(assets, liabilities, tier) != state.bands.get(account, HEALTHY):
+        new = band(assets, liabilities, tier)
+        if new != state.bands.get(account, HEALTHY) or new == LIQUIDATION:
             return True
     return False
 
@@ -72,6 +74,11 @@ def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[Event, ...]:
             continue  # not valued: the band stays
         new = band(assets, liabilities, tier)
         old = state.bands.get(account, HEALTHY)
+        if new == LIQUIDATION:
+            # Asked again at each valuation until one applies: a `Liquidate` refused (its price stale by the time
+            # it applied) changes nothing, and the band alone would never ask again. Under one id while the
+            # state does not change, so copies in flight apply once; the first applied locks the account.
+            out.append(liquidation.request(state, account, ctx.now_ms))
         if new == old:
             continue
         if new == HEALTHY:
@@ -83,8 +90,6 @@ def evaluate(state: UserState, ctx: Context, cause: str) -> tuple[Event, ...]:
         for kind in kinds:
             out.append(MarginEvent(f"{state.user_id}/{account}/{cause}/{kind}/{BAND_NAMES[new]}", ctx.now_ms,
                                    state.user_id, account, kind, BAND_NAMES[new], BAND_NAMES[old], level, tier.name))
-        if new == LIQUIDATION:
-            out.append(liquidation.request(state, account, ctx.now_ms))
     return tuple(out)
 
 

@@ -1,0 +1,98 @@
+"""A STAND-IN for the exchange's matching engine, for the demo, tests and benchmarks: matching itself stays outside
+posflow. It speaks the matching engine's side of posflow's protocol: it reads the liquidation orders the engine
+writes (topic liquidation-orders, Avro LiquidationOrder) and answers each with one `LiquidationFill` on the user
+commands' topic, as the matching engine reports fills: the whole order, at its mark price less a given slippage,
+rounded down to the bought asset's minor unit.
+
+At least once: it commits an order's offset only after Kafka acknowledged its fill, and a fill sent twice (after
+a crash) has the same input id, so the engine applies it once.
+
+    python -m streams.matching_standin [--slippage 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from processors.config import EngineConfig, default_config
+from processors.inputs import command
+from processors.messages import Command, LiquidationFill
+from schemas import CODEC
+from streams.client import CommandClient
+from streams.config import Settings
+from streams.kafka import consumed, consumer_config
+from streams.topics import LIQUIDATION_ORDERS
+
+GROUP = "posflow-matching-standin"
+
+
+def fill_for(order: dict[str, Any], slippage: Decimal, cfg: EngineConfig) -> Command:
+    """The fill a matching engine would report for a liquidation order (a decoded LiquidationOrder record):
+    all of it, at mark x (1 - slippage), rounded down. Its ids follow from the order's: sent again, it is
+    the same fill."""
+    scale = cfg.assets[order["buy_asset"]].scale
+    proceeds = Decimal(order["sell_amount"]) * Decimal(order["mark_price"]) * (1 - slippage)
+    receive = proceeds.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_DOWN)
+    return command(LiquidationFill, f"standin-fill/{order['id']}", order["user_id"], fill_id="standin-1",
+                   order_id=order["id"], pay_amount=order["sell_amount"], receive_amount=f"{max(receive, 0):f}")
+
+
+class MatchingStandIn:
+    def __init__(self, settings: Settings, slippage: Decimal = Decimal(0), cfg: EngineConfig | None = None,
+                 group: str = GROUP) -> None:
+        assert 0 <= slippage < 1, "slippage is a fraction of the mark price"
+        self.settings = settings
+        self.slippage = slippage
+        self.cfg = cfg or default_config()
+        self.client = CommandClient(settings)
+        self.consumer = Consumer(consumer_config(settings, group))  # from the earliest order; commits by hand
+        self.consumer.subscribe([LIQUIDATION_ORDERS.name(settings)])
+        self.filled = 0
+
+    def poll(self, timeout: float = 0.5) -> int:
+        """Fill the orders of one poll; the number filled."""
+        msgs = consumed(self.consumer, 1000, timeout, "liquidation orders")
+        if not msgs:
+            return 0
+        for msg in msgs:
+            name, record = CODEC.decode(msg.value())
+            assert name == "LiquidationOrder", f"{name} on the liquidation-orders topic"
+            self.client.send(fill_for(record, self.slippage, self.cfg))
+        self.client.flush()
+        self.consumer.commit(asynchronous=False)
+        self.filled += len(msgs)
+        return len(msgs)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.matching_standin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slippage", default="0", help="fraction below the mark price each fill gets (e.g. 0.01)")
+    args = parser.parse_args(argv)
+    standin = MatchingStandIn(Settings(), Decimal(args.slippage))
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    print(f"matching engine stand-in: filling liquidation orders at mark - {args.slippage}", flush=True)
+    try:
+        while not stop:
+            if standin.poll():
+                print(f"{time.strftime('%H:%M:%S')} filled {standin.filled} liquidation orders so far", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
