@@ -39,6 +39,7 @@ from processors.messages import (
 )
 from processors.money import format_amount, parse_signed
 from schemas import CODEC
+from streams import demo_margin
 from streams.client import CommandClient, ResultWatcher, read_ledger, read_topic
 from streams.config import REPO_ROOT, Settings
 from streams.partitioner import partition_for
@@ -233,15 +234,18 @@ def _play(settings: Settings, workers: list[WorkerProcess]) -> int:
     client = CommandClient(settings)
     day = Day()
     results: list[Result] = []
+
+    def show(r: Result) -> None:
+        print(f"  {r.user_id:<8} {r.kind:<20} {r.status:<9} {r.reason or '':<20} {r.detail}")
+
     for phase in day.phases():
         _step(phase.title)
         client.send_batch(phase.commands)
         client.flush()
         got = watcher.wait_for([c.id for c in phase.commands], timeout=120)
         for cmd in phase.commands:
-            r = got[cmd.id]
-            results.append(r)
-            print(f"  {r.user_id:<8} {r.kind:<20} {r.status:<9} {r.reason or '':<20} {r.detail}")
+            results.append(got[cmd.id])
+            show(got[cmd.id])
     _step("an undecodable record on the commands topic")
     from confluent_kafka import Producer
 
@@ -270,6 +274,10 @@ def _play(settings: Settings, workers: list[WorkerProcess]) -> int:
                     [(r["account"], r["asset"], r["available"], r["frozen"], r["borrowed"])
                      for r in view["balances"]])
 
+    _step("the margin day: loans, a falling price, a margin call, two liquidations (one short)")
+    margin_results, margin_ok = demo_margin.play(settings, workers, client, watcher, show)
+    results += margin_results
+
     _step("the ledger, read back from Kafka")
     lines = read_ledger(settings)
     to_sign = read_topic(settings, TO_SIGN.name(settings))
@@ -290,7 +298,7 @@ def _play(settings: Settings, workers: list[WorkerProcess]) -> int:
     accepted = sum(r.status == "ACCEPTED" for r in results)
     print(f"\n{len(results)} inputs: {accepted} accepted, {len(results) - accepted} refused with a reason; "
           f"{len(dead)} dead letter(s).")
-    ok = all(v == 0 for v in net.values()) and len(by_id) == len(lines) and len(dead) == 1
+    ok = all(v == 0 for v in net.values()) and len(by_id) == len(lines) and len(dead) == 1 and margin_ok
     print("ledger balanced per asset, no line twice:", "yes" if ok else "NO")
     return 0 if ok else 1
 

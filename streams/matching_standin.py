@@ -4,6 +4,10 @@ writes (topic liquidation-orders, Avro LiquidationOrder) and answers each with o
 commands' topic, as the matching engine reports fills: the whole order, at its mark price less a given slippage,
 rounded down to the bought asset's minor unit.
 
+With a market maker (a user and one of its open orders holding the bought asset), it also reports the other side
+of each trade as a matching engine does: the maker's `FillSettle`, paying what the liquidation received and
+receiving what it sold, so clearing nets to zero as with any trade.
+
 At least once: it commits an order's offset only after Kafka acknowledged its fill, and a fill sent twice (after
 a crash) has the same input id, so the engine applies it once.
 
@@ -23,7 +27,7 @@ from confluent_kafka import Consumer
 
 from processors.config import EngineConfig, default_config
 from processors.inputs import command
-from processors.messages import Command, LiquidationFill
+from processors.messages import Command, FillSettle, LiquidationFill
 from schemas import CODEC
 from streams.client import CommandClient
 from streams.config import Settings
@@ -33,23 +37,33 @@ from streams.topics import LIQUIDATION_ORDERS
 GROUP = "posflow-matching-standin"
 
 
-def fill_for(order: dict[str, Any], slippage: Decimal, cfg: EngineConfig) -> Command:
-    """The fill a matching engine would report for a liquidation order (a decoded LiquidationOrder record):
-    all of it, at mark x (1 - slippage), rounded down. Its ids follow from the order's: sent again, it is
-    the same fill."""
+def fill_for(order: dict[str, Any], slippage: Decimal, cfg: EngineConfig,
+             maker: tuple[str, str, str] | None = None) -> list[Command]:
+    """The fills a matching engine would report for a liquidation order (a decoded LiquidationOrder record):
+    all of it, at mark x (1 - slippage), rounded down; and the maker's side (`maker`: user, order id, the asset
+    its order holds) when it holds the asset bought. Their ids follow from the order's: sent again, they are the
+    same fills."""
     scale = cfg.assets[order["buy_asset"]].scale
     proceeds = Decimal(order["sell_amount"]) * Decimal(order["mark_price"]) * (1 - slippage)
-    receive = proceeds.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_DOWN)
-    return command(LiquidationFill, f"standin-fill/{order['id']}", order["user_id"], fill_id="standin-1",
-                   order_id=order["id"], pay_amount=order["sell_amount"], receive_amount=f"{max(receive, 0):f}")
+    receive = f"{max(proceeds.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_DOWN), Decimal(0)):f}"
+    fills = [command(LiquidationFill, f"standin-fill/{order['id']}", order["user_id"], fill_id="standin-1",
+                     order_id=order["id"], pay_amount=order["sell_amount"], receive_amount=receive)]
+    if maker is not None and maker[2] == order["buy_asset"] and Decimal(receive) > 0:
+        user, maker_order, _ = maker
+        fills.append(command(FillSettle, f"standin-maker/{order['user_id']}/{order['id']}", user,
+                             fill_id=f"{order['user_id']}/{order['id']}", order_id=maker_order, account="spot",
+                             pay_asset=order["buy_asset"], pay_amount=receive, receive_asset=order["sell_asset"],
+                             receive_amount=order["sell_amount"], fee_amount="0"))
+    return fills
 
 
 class MatchingStandIn:
     def __init__(self, settings: Settings, slippage: Decimal = Decimal(0), cfg: EngineConfig | None = None,
-                 group: str = GROUP) -> None:
+                 group: str = GROUP, maker: tuple[str, str, str] | None = None) -> None:
         assert 0 <= slippage < 1, "slippage is a fraction of the mark price"
         self.settings = settings
         self.slippage = slippage
+        self.maker = maker
         self.cfg = cfg or default_config()
         self.client = CommandClient(settings)
         self.consumer = Consumer(consumer_config(settings, group))  # from the earliest order; commits by hand
@@ -64,7 +78,8 @@ class MatchingStandIn:
         for msg in msgs:
             name, record = CODEC.decode(msg.value())
             assert name == "LiquidationOrder", f"{name} on the liquidation-orders topic"
-            self.client.send(fill_for(record, self.slippage, self.cfg))
+            for fill in fill_for(record, self.slippage, self.cfg, self.maker):
+                self.client.send(fill)
         self.client.flush()
         self.consumer.commit(asynchronous=False)
         self.filled += len(msgs)
