@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from processors.ledger import INSURANCE_FUND
 from processors.messages import Command
 from schemas import CODEC
 from streams.client import CommandClient, read_topic
@@ -162,7 +163,7 @@ def test_a_price_crash_liquidates_every_user_once_while_a_worker_is_killed(isola
         for line in ledger.values():
             sums[line["asset"]] += int(Decimal(line["amount"]) * 10**(8 if line["asset"] == "BTC" else 6))
         assert all(v == 0 for v in sums.values()), sums
-        fund = [ln for ln in ledger.values() if ln["account"] == "sys:insurance_fund"]
+        fund = [ln for ln in ledger.values() if ln["account"] == INSURANCE_FUND]
         assert len(fund) == USERS and all(Decimal(ln["amount"]) > 0 for ln in fund), "fees in, no shortfall"
         answers.close()
     finally:
