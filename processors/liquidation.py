@@ -8,7 +8,8 @@
    NOT_LIQUIDATABLE if the level is back above the line, ALREADY_LIQUIDATING while one is under way (a second
    crossing's input, or a resend under another id). Then the account is locked (`UserState.liquidations`:
    no orders, loans, repayments, transfers or withdrawals from or into it: `checks.not_liquidating`), its
-   order holds are released, and its first part starts.
+   order holds are released, its withdrawals awaiting approval are cancelled (their coins back to available),
+   and its first part starts. No valuation counts the coins of an open withdrawal (processors.loans.leaving).
 3. **A part** (`_part`). Interest is booked to now; each debt is paid from what the account holds of its own
    asset (interest first, then principal). The largest debt left (valued up) is the part's target: the
    account's other assets, largest value first, are sold for it, as much as the debt's value plus the
@@ -22,7 +23,9 @@
    `liquidation_fills_max` fills.
 5. **After a part**, once its last order is filled: no debt left, the liquidation is complete. Debt left and
    nothing left to sell: the insurance fund pays it (a shortfall: ledger lines from sys:insurance_fund, never
-   a negative balance) and the liquidation is complete. Else the next part starts `liquidation_cooldown_ms`
+   a negative balance) and the liquidation is complete, unless a withdrawal from the account is with the signer
+   (approved or broadcast): its coins may come back (WithdrawalFailed), so the fund waits for its end, looking
+   again after each cooldown. Else the next part starts `liquidation_cooldown_ms`
    of engine time later, at the first system touch of the user from then (a price move: `resume`), at the
    prices then.
 
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from processors import checks, loans, orders
+from processors import checks, loans, orders, withdrawals
 from processors.applied import Applied
 from processors.context import Context
 from processors.ledger import CLEARING, INSURANCE_FUND, LIQUIDATION, LIQUIDATION_FILL, Entry, entry_id
@@ -86,13 +89,18 @@ def start(state: UserState, cmd: Command, ctx: Context) -> Applied:
     for order_id in [k for k, hold in state.holds.items() if hold.account == account]:
         released += 1
         orders.cancel(entry, state, ctx, order_id)
+    cancelled = withdrawals.cancel_pending(entry, state, ctx.cfg, account)
     liquidation = state.liquidations[account] = Liquidation(cmd.id, 0, 0)
+    what = f"{released} orders released, {cancelled} withdrawals cancelled"
     started = MarginEvent(f"{state.user_id}/{account}/{cmd.id}/{STARTED}", ctx.now_ms, state.user_id, account,
                           STARTED, BAND_NAMES[LIQUIDATION_BAND], BAND_NAMES[state.bands.get(account, HEALTHY)],
-                          level_text(assets, liabilities), tier.name, f"{released} orders released")
-    events = _part(entry, state, ctx, account, liquidation)
-    entry.events = (started, *events)
-    return entry.applied(detail=f"margin level {level_text(assets, liabilities)}; {released} orders released")
+                          level_text(assets, liabilities), tier.name, what)
+    events = (started, *_part(entry, state, ctx, account, liquidation))
+    detail = f"margin level {level_text(assets, liabilities)}; {what}"
+    if not entry.posted:  # nothing to release, pay or sell yet: it waits for a withdrawal with the signer
+        return Applied(events=events, detail=detail)
+    entry.events = events
+    return entry.applied(detail=detail)
 
 
 def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -169,7 +177,8 @@ def resume(state: UserState, ctx: Context, cause: str) -> tuple[tuple[LedgerLine
             continue
         entry = Entry(state, f"system/{cause}/{account}", LIQUIDATION, ctx.now_ms)
         events += _part(entry, state, ctx, account, liquidation)
-        lines += entry.close()
+        if entry.posted:  # a part that waits again (a withdrawal with the signer) may post nothing
+            lines += entry.close()
     return lines, events
 
 
@@ -202,6 +211,12 @@ def _part(entry: Entry, state: UserState, ctx: Context, account: str,
             if value:  # dust is not sold
                 collateral.append((value, asset))
     if not collateral:
+        if withdrawals.in_flight(state, account):
+            # Not a shortfall yet: a withdrawal the signer holds may fail and bring its coins back. Covered now,
+            # the fund would pay a debt the account can still pay; so wait, and look again after the cooldown.
+            liquidation.part -= 1  # waiting is no part
+            liquidation.due_ms = now + cfg.liquidation_cooldown_ms
+            return ()
         return (_complete(state, ctx, account, liquidation, _cover(entry, state, ctx, account)),)
     extra = 1 + cfg.liquidation_fee + cfg.liquidation_slippage
     budget = min(cfg.liquidation_part_value, -(-worth[target] * extra.numerator // extra.denominator))
@@ -229,7 +244,8 @@ def _part_done(entry: Entry, state: UserState, ctx: Context, account: str,
     the rest); else the next part after the cooldown."""
     if not _debt_assets(state, account):
         return (_complete(state, ctx, account, liquidation, 0),)
-    if not any(name == account and triple[AVAILABLE] for (name, _), triple in state.balances.items()):
+    if (not any(name == account and triple[AVAILABLE] for (name, _), triple in state.balances.items())
+            and not withdrawals.in_flight(state, account)):
         return (_complete(state, ctx, account, liquidation, _cover(entry, state, ctx, account)),)
     liquidation.due_ms = ctx.now_ms + ctx.cfg.liquidation_cooldown_ms
     assert liquidation.due_ms > 0

@@ -27,7 +27,7 @@ from processors.messages import Borrow, Command, Repay
 from processors.money import Rejected
 from processors.rates import interest
 from processors.reasons import Reason
-from processors.state import BORROWED, Loan, UserState
+from processors.state import BORROWED, OPEN_WITHDRAWAL, Loan, UserState
 
 
 def borrow(state: UserState, cmd: Command, ctx: Context) -> Applied:
@@ -168,16 +168,20 @@ def price_of(ctx: Context, asset: str) -> int:
 
 def valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
     """(assets, liabilities) of the account in minor units of the valuation asset: what it holds (available
-    and frozen) valued down; what it owes (principal, interest booked, and interest since) valued up."""
+    and frozen, less what open withdrawals froze: `leaving`) valued down; what it owes (principal, interest
+    booked, and interest since) valued up."""
     cfg, market, now = ctx.cfg, market_of(ctx), ctx.now_ms
     quote = quote_scale(ctx)
     assets = liabilities = 0
+    out = leaving(state, account) if state.withdrawals else None
     for (name, asset), (available, frozen, borrowed) in state.balances.items():
         if name != account:
             continue
         price, scale = price_of(ctx, asset), cfg.assets[asset].scale
-        if available or frozen:
-            assets += value_down(available + frozen, scale, price, quote)
+        held = available + frozen - (out.get(asset, 0) if out else 0)
+        assert held >= 0, f"{account} {asset}: withdrawals froze more than the account holds"
+        if held:
+            assets += value_down(held, scale, price, quote)
         owed = borrowed  # a loan's principal, or a reverted deposit's shortfall (processors.deposits)
         loan = state.loans.get((name, asset))
         if loan is not None:
@@ -185,6 +189,17 @@ def valued(state: UserState, ctx: Context, account: str) -> tuple[int, int]:
         if owed:
             liabilities += value_up(owed, scale, price, quote)
     return assets, liabilities
+
+
+def leaving(state: UserState, account: str) -> dict[str, int]:
+    """asset -> the coins of `account` frozen by its open withdrawals. They are on their way out (a signer may
+    already hold one), so no valuation counts them: counted, a second withdrawal's check would pass on the
+    first one's coins, and a liquidation would see collateral it can neither sell nor keep."""
+    out: dict[str, int] = {}
+    for w in state.withdrawals.values():
+        if w.account == account and w.status in OPEN_WITHDRAWAL:
+            out[w.asset] = out.get(w.asset, 0) + w.frozen
+    return out
 
 
 def accrued(state: UserState, ctx: Context, account: str, asset: str) -> int:

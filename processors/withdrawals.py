@@ -72,6 +72,7 @@ def request(state: UserState, cmd: Command, ctx: Context) -> Applied:
 def approve(state: UserState, cmd: Command, ctx: Context) -> Applied:
     body: WithdrawalApprove = cmd.body  # type: ignore[assignment]
     w = _in(state, ctx, body["withdrawal_id"], ("pending_approval",))
+    checks.not_liquidating(state, w.account)  # a liquidation cancelled it; one more check costs nothing
     approver = checks.ident(ctx.cfg, "approver", body["approver"])
     if approver in w.approvals:
         raise Rejected(Reason.ALREADY_APPROVED, f"{approver} already approved; another approver is needed")
@@ -87,6 +88,24 @@ def cancel(state: UserState, cmd: Command, ctx: Context) -> Applied:
     body: WithdrawalRef = cmd.body  # type: ignore[assignment]
     w = _in(state, ctx, body["withdrawal_id"], ("pending_approval", "approved"))
     return _unfreeze(state, cmd, ctx, w, "cancelled")
+
+
+def cancel_pending(entry: Entry, state: UserState, cfg: EngineConfig, account: str) -> int:
+    """A liquidation takes the account: its withdrawals awaiting approval (no signer has them) are cancelled,
+    their coins back to available for the liquidation to sell; returns how many. Approved ones are the signer's:
+    they end by the chain's word (processors.liquidation waits for them)."""
+    pending = [w for w in state.withdrawals.values() if w.account == account and w.status == "pending_approval"]
+    for w in pending:
+        entry.user(w.account, w.asset, "frozen", -w.frozen)
+        entry.user(w.account, w.asset, "available", w.frozen)
+        _finish(state, cfg, w, "cancelled")
+    return len(pending)
+
+
+def in_flight(state: UserState, account: str) -> bool:
+    """Whether a withdrawal from `account` is with the signer (approved or broadcast): its coins may still come
+    back (WithdrawalFailed)."""
+    return any(w.account == account and w.status in ("approved", "broadcast") for w in state.withdrawals.values())
 
 
 def broadcast(state: UserState, cmd: Command, ctx: Context) -> Applied:

@@ -32,10 +32,14 @@ from processors.messages import (
     Outcome,
     Repay,
     Transfer,
+    WithdrawalApprove,
+    WithdrawalConfirmed,
+    WithdrawalFailed,
+    WithdrawalRequest,
 )
-from processors.state import UserState
+from processors.state import Liquidation, UserState
 from tests.unit.core import Engine
-from tests.unit.test_exactly_once import deposit, opened
+from tests.unit.test_exactly_once import deposit, opened, transfer
 
 CFG = default_config()
 USDT = 10**6
@@ -346,3 +350,105 @@ def test_an_isolated_liquidation_leaves_cross_margin_alone() -> None:
         assert desk.send(command(Borrow, "cross-b", "u", account="margin", asset="USDT", amount="1")) == "ACCEPTED"
     finally:
         ETH[0] = "3000"
+
+
+# Withdrawals from a margin account. The account of these tests: `long_btc` plus 2,000 USDT deposited into margin,
+# of which 1,000 (and the 1 USDT fee) asked out. No valuation counts the 1,001 USDT frozen for the withdrawal.
+ADDR_OUT = "0x" + "5a" * 20
+
+
+def withdrawing(cfg: EngineConfig = CFG) -> Desk:
+    desk = long_btc(cfg)
+    assert desk.send(deposit("0xmargin", amount="2000", account="margin")) == "ACCEPTED"
+    # at 60,000: assets 2,990 + 2,000 = 4,990 against 1,990.004544 (2.51 > 2): 1,001 out leaves 3,989 (2.0045)
+    assert desk.send(command(WithdrawalRequest, "w-req", "u", withdrawal_id="w1", account="margin", chain="ethereum",
+                             asset="USDT", amount="1000", fee="1", address=ADDR_OUT)) == "ACCEPTED"
+    assert desk.state.balances[("margin", "USDT")] == [999 * USDT, 1_001 * USDT, 1_990 * USDT]
+    return desk
+
+
+def test_a_withdrawal_s_frozen_coins_count_for_no_valuation() -> None:
+    desk = withdrawing()
+    # Counted, the first withdrawal's 1,001 USDT would let 501 more out: 4,990 - 501 = 4,489 (2.26 > 2).
+    # Not counted: 4,990 - 1,001 - 501 = 3,488 against 1,990.004544 is 1.75 <= 2, refused.
+    assert desk.send(command(WithdrawalRequest, "w-req2", "u", withdrawal_id="w2", account="margin",
+                             chain="ethereum", asset="USDT", amount="500", fee="1",
+                             address=ADDR_OUT)) == "MARGIN_LEVEL_TOO_LOW"
+    assert desk.send(transfer("t-out", "501", "margin", "spot")) == "MARGIN_LEVEL_TOO_LOW"
+    # what the line allows: 3,989 - 2 x 1,990.004544 = 8.990912 -> 8.99 leaves the account above 2
+    assert desk.send(transfer("t-out-2", "8.99", "margin", "spot")) == "ACCEPTED"
+
+
+def gap_to_10000(desk: Desk) -> LiquidationOrder:
+    """BTC gaps to 10,000: 0.04983333 BTC is 498.333300 and the 999 USDT available pay 999 of the debt first; the
+    BTC sold leaves 1,990.004544 - 999 - 498.333300 = 492.671244 owed and nothing to sell."""
+    order = crash_to(desk, "10000")
+    assert order.sell_amount == BTC_HELD
+    assert desk.fill(order, BTC_HELD * 10_000 * USDT // SAT, "10000") == "ACCEPTED"
+    assert desk.state.balances[("margin", "USDT")] == [0, 1_001 * USDT, 492_671_244]
+    return order
+
+
+def test_the_fund_waits_for_a_withdrawal_with_the_signer_and_its_failure_pays_the_debt() -> None:
+    desk = withdrawing()
+    gap_to_10000(desk)
+    later = T0 + CFG.liquidation_cooldown_ms
+    liquidation = desk.state.liquidations["margin"]
+    assert liquidation.due_ms == later, "nothing to sell, but 1,001 USDT may come back: no shortfall yet"
+    desk.price("10000", later)
+    assert desk.state.liquidations["margin"].due_ms == later + CFG.liquidation_cooldown_ms, "still with the signer"
+    assert not [ln for ln in desk.lines if ln.account == INSURANCE_FUND and ln.amount < 0]
+    # the chain says the withdrawal failed: its 1,001 USDT come back, and the next part pays the debt with them
+    assert desk.send(command(WithdrawalFailed, "ethereum:w1:failed", "u", withdrawal_id="w1", reason="reverted"),
+                     "10000", later) == "ACCEPTED"
+    desk.price("10000", later + CFG.liquidation_cooldown_ms)
+    [completed] = desk.margin_events("LiquidationCompleted")
+    assert completed.shortfall_value == 0
+    assert desk.state.balances[("margin", "USDT")] == [1_001 * USDT - 492_671_244, 0, 0]
+    assert not [ln for ln in desk.lines if ln.account == INSURANCE_FUND and ln.amount < 0], "the fund paid nothing"
+
+
+def test_the_fund_pays_once_the_withdrawal_left() -> None:
+    desk = withdrawing()
+    gap_to_10000(desk)
+    later = T0 + CFG.liquidation_cooldown_ms
+    assert desk.send(command(WithdrawalConfirmed, "ethereum:w1:done", "u", withdrawal_id="w1", tx_hash="0xw1"),
+                     "10000", later) == "ACCEPTED"
+    desk.price("10000", later)
+    [completed] = desk.margin_events("LiquidationCompleted")
+    assert completed.shortfall_value == 492_671_244
+    assert [ln.amount for ln in desk.lines if ln.account == INSURANCE_FUND and ln.amount < 0] == [-492_671_244]
+    assert not desk.state.balances.get(("margin", "USDT"))
+
+
+def test_a_liquidation_cancels_the_account_s_withdrawals_awaiting_approval() -> None:
+    rules = dict(CFG.rules)
+    rules["USDT"] = dataclasses.replace(rules["USDT"], auto_approve_below=500 * USDT)
+    desk = withdrawing(dataclasses.replace(CFG, rules=rules))
+    w1 = desk.state.withdrawals["w1"]
+    assert w1.status == "pending_approval"
+    # BTC at 10,000, as above: but the 1,001 USDT come back as the liquidation starts, and with the 999 available
+    # pay the whole debt: nothing is sold, and the BTC stays the user's
+    desk.price("10000")
+    [request] = desk.liquidate_requests()
+    assert desk.send(request, "10000") == "ACCEPTED"
+    assert desk.state.withdrawals["w1"].status in ("cancelled",), "the state's own object, read again"
+    [started] = desk.margin_events("LiquidationStarted")
+    assert started.detail == "0 orders released, 1 withdrawals cancelled"
+    assert not desk.orders() and not desk.state.liquidations and not desk.state.loans
+    assert [e.shortfall_value for e in desk.margin_events("LiquidationCompleted")] == [0]
+    assert desk.state.balances[("margin", "USDT")] == [2_000 * USDT - DEBT, 0, 0]
+    assert desk.state.balances[("margin", "BTC")] == [BTC_HELD, 0, 0]
+    assert desk.send(command(WithdrawalApprove, "ok", "u", withdrawal_id="w1", approver="ops-1"),
+                     "10000") == "BAD_WITHDRAWAL_STATE"
+
+
+def test_an_approval_during_a_liquidation_is_refused() -> None:
+    rules = dict(CFG.rules)
+    rules["USDT"] = dataclasses.replace(rules["USDT"], auto_approve_below=500 * USDT)
+    desk = withdrawing(dataclasses.replace(CFG, rules=rules))
+    crash_to_state = desk.state  # a second pending withdrawal made while the account is locked cannot exist:
+    # put the account in a liquidation by hand, with the withdrawal still pending, to see approve's own check
+    crash_to_state.liquidations["margin"] = Liquidation("liq/margin/1", 1, T0 + 10**9)
+    assert desk.send(command(WithdrawalApprove, "ok", "u", withdrawal_id="w1", approver="ops-1"),
+                     "10000") == "ACCOUNT_LIQUIDATING"

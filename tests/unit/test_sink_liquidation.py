@@ -114,8 +114,8 @@ def test_the_insurance_fund_and_the_liquidations_from_the_core(chdb_store: ChdbS
     detail = chdb_store.query("SELECT kind, detail, shortfall FROM margin_events FINAL WHERE user_id = 'u' "
                               "AND kind IN ({s:String}, {c:String}) ORDER BY ts, kind DESC",
                               {"s": STARTED, "c": COMPLETED}).rows
-    assert detail == [(STARTED, "0 orders released", 0), (COMPLETED, "1 parts", 0),
-                      (STARTED, "0 orders released", 0), (COMPLETED, "1 parts", SHORTFALL)]
+    assert detail == [(STARTED, "0 orders released, 0 withdrawals cancelled", 0), (COMPLETED, "1 parts", 0),
+                      (STARTED, "0 orders released, 0 withdrawals cancelled", 0), (COMPLETED, "1 parts", SHORTFALL)]
 
 
 def test_a_v1_margin_event_lands_with_the_new_columns_empty(chdb_store: ChdbStore) -> None:
