@@ -227,6 +227,27 @@ def cmd_price(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rates(args: argparse.Namespace) -> int:
+    from processors.config import default_config, with_overrides
+    from streams import rates
+    from streams.market import MarketFeed
+
+    settings = Settings()
+    store = _open_store(settings)
+    if store is None:
+        return 2
+    try:
+        cfg = with_overrides(default_config(), settings.engine_overrides)
+        return rates.run(cfg, store, MarketFeed(settings), settings.pool_supply, args.every, args.rounds)
+    except TimeoutError as exc:
+        print(f"error: {exc} (`make up` starts the local broker)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_rate(args: argparse.Namespace) -> int:
     from streams.market import MarketFeed
 
@@ -296,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("borrowed")
     p.add_argument("supplied")
     p.set_defaults(func=cmd_rate)
+    p = sub.add_parser("rates", help="publish every lending pool's exchange-wide utilization from the audit ledger "
+                                     "(its rate follows), every --every seconds")
+    p.add_argument("--every", type=float, default=60.0, help="seconds between rounds (default 60)")
+    p.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run on)")
+    p.set_defaults(func=cmd_rates)
     p = sub.add_parser("demo", help="run the scripted demo (as `make demo`)")
     p.set_defaults(func=lambda _a: __import__("streams.demo", fromlist=["main"]).main())
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,25 @@ def _json_env(name: str) -> dict[str, int]:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, e.g. '{{\"dedup_horizon_ms\": 3000}}'; got {text}")
     return value
+
+
+POOL_SUPPLY = {"USDT": "50000000", "USDC": "50000000", "BTC": "500", "ETH": "10000"}  # the local stack's treasury
+
+
+def _supply_env(name: str) -> dict[str, Decimal]:
+    """asset -> whole units, from a JSON object of decimal texts (or numbers); the local stack's when unset."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = json.loads(raw) if raw else POOL_SUPPLY
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+        supply = {str(asset): Decimal(str(units)) for asset, units in value.items()}
+    except (ValueError, ArithmeticError) as exc:
+        raise ValueError(f"{name} must be a JSON object of asset to whole units, e.g. "
+                         f"'{{\"USDT\": \"50000000\"}}': {exc}") from None
+    if any(not units.is_finite() or units < 0 for units in supply.values()):
+        raise ValueError(f"{name}: every supply must be a finite amount >= 0; got {raw}")
+    return supply
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,8 @@ class Settings:
     tick_s: float = field(default_factory=lambda: float(_env("POSFLOW_TICK_S", "60")))
     # Engine knobs replaced for tests and the local stack, JSON (processors.config.with_overrides).
     engine_overrides: dict[str, int] = field(default_factory=lambda: _json_env("POSFLOW_ENGINE_OVERRIDES"))
+    # What the treasury supplies to each lending pool, in whole units (streams.rates: utilization's denominator).
+    pool_supply: dict[str, Decimal] = field(default_factory=lambda: _supply_env("POSFLOW_POOL_SUPPLY"))
     # Fault injection, for crash tests only: the worker SIGKILLs itself right after the outputs of the
     # step that applied this input id are acknowledged, before the step's states are stored.
     fault_kill_after: str = field(default_factory=lambda: _env("POSFLOW_FAULT_KILL_AFTER", ""))
