@@ -39,7 +39,7 @@ from processors.messages import (
 )
 from processors.money import format_amount, parse_signed
 from schemas import CODEC
-from streams import demo_margin
+from streams import demo_margin, rates
 from streams.client import CommandClient, ResultWatcher, read_ledger, read_topic
 from streams.config import REPO_ROOT, Settings
 from streams.partitioner import partition_for
@@ -197,6 +197,11 @@ FINANCE = (
     ("alice's balances from the ledger (view balances)",
      "SELECT account, bucket, asset, balance, lines FROM balances WHERE user_id = 'alice' "
      "ORDER BY account, asset, bucket"),
+    ("margin loans per asset after the margin day (view loans)", "SELECT * FROM loans ORDER BY asset"),
+    ("the insurance fund per day and asset (view insurance_fund)",
+     "SELECT * FROM insurance_fund ORDER BY asset, day"),
+    ("each liquidation (view liquidations)",
+     "SELECT user_id, account, tier, level_at_start, parts, shortfall FROM liquidations ORDER BY started_at"),
 )
 
 
@@ -219,6 +224,10 @@ def _audit(settings: Settings, env: dict[str, str], logs: Path) -> int:
             rows = store.query(sql)
             print(f"\n{title}")
             print_table(rows.columns, rows.rows)
+        pools = rates.pools(default_config(), rates.borrowed(store), settings.pool_supply)
+        print("\nthe lending pools' utilization from the ledger, as `posflow rates` publishes it")
+        print_table(["asset", "borrowed", "supplied", "hourly rate"],
+                    [(p.asset, p.borrowed, p.supplied, rates.hourly_percent(default_config(), p)) for p in pools])
         store.close()
     finally:
         sink.stop()
