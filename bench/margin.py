@@ -4,7 +4,7 @@ random walk; each move screens every exposed account. `margin_evals_per_s` count
 second; `tick_ms_p99` is the time of one move's screen (p99 over the moves). The accounts the screen returns
 are re-valued exactly from their states in the worker's step (processors.monitor): counted here per move,
 their cost is part of the engine's step, not of this figure. Price to liquidation end to end is measured
-with the liquidation flow (issue 11, still to build): null until then."""
+by bench/liquidation.py (`price_to_liquidation_p99_ms`), merged into the same margin.json."""
 
 from __future__ import annotations
 
