@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors import monitor
+from processors import accrual, monitor
+from processors.accrual import Accrual, Sums
 from processors.config import EngineConfig
 from processors.context import NEVER, Context, Memory
 from processors.engine import PARKED_DUE, apply, tick
 from processors.inputs import KINDS, SYSTEM
+from processors.ledger import INTEREST_HOURLY, SYSTEM_PREFIX
 from processors.margin import parse_price
 from processors.market import NO_HOUR, Market
 from processors.messages import Command, Event, LedgerLine, LiquidationOrder, MarginEvent, Outcome, Result
@@ -102,6 +104,13 @@ class Step:
     markets: dict[int, Market] = field(default_factory=dict)
     market_priors: dict[int, dict[str, Any]] = field(default_factory=dict)
     markets_changed: set[int] = field(default_factory=set)
+    # partition -> its interest aggregates (processors.accrual) as the step found them, changed only by the
+    # hourly entries of the step's full hours; the doc found; and the stored end when the step is re-applied
+    accruals: dict[int, Accrual] = field(default_factory=dict)
+    accrual_priors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    accrual_ends: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # user -> what the user's loans added to the partition's aggregates when the step first loaded the state
+    loaded_sums: dict[str, Sums] = field(default_factory=dict)
     # users whose margin accounts are watched (processors.monitor): added to the partition's list at the end of
     # the step (before the states), and removed when a price move finds a stored state no longer watched
     watch: dict[str, bool] = field(default_factory=dict)
@@ -150,7 +159,8 @@ class Step:
             # With the market as the step found it: if the step is interrupted after this and re-applied, it
             # starts from there again (`BatchProcessor._market`), and each input sees the prices it saw.
             stored = {"step": [topic, first], "prior": self.market_priors[partition],
-                      "now": self.markets[partition].to_doc()}
+                      "now": self.markets[partition].to_doc(), "accrual_prior": self.accrual_priors[partition],
+                      "accrual_now": self.accrual_ends[partition]}
             records.append((partition, market_key(partition), to_json(stored)))
         return entries + records
 
@@ -268,6 +278,7 @@ class BatchProcessor:
                     self._system(step, source, value, cmd, load, recall, scan)
                 else:
                     self._apply(step, source, value, cmd, load, recall)
+        self._settle_accruals(step)
         header = CODEC.header("ResultBatch")
         for partition, n, results in self._chunks(step, step.results, RESULTS_PER_RECORD):
             step.records.append((RESULTS, None, header + result_batch_body(n, step.ts_ms, results), partition))
@@ -297,10 +308,13 @@ class BatchProcessor:
                recall: Recall) -> None:
         partition = source.partition
         step.commands += 1
-        if not cmd.user_id or len(cmd.user_id) > self.cfg.id_max or not cmd.user_id.isprintable():
-            # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys
+        if (not cmd.user_id or len(cmd.user_id) > self.cfg.id_max or not cmd.user_id.isprintable()
+                or cmd.user_id.startswith(SYSTEM_PREFIX)):
+            # printable only: keeps user keys apart from the worker's own (NUL-prefixed) table keys; and not
+            # sys:, the prefix of the ledger's own owners (processors.accrual)
             result = Result(cmd.id, cmd.ts_ms, cmd.user_id, cmd.kind, "REJECTED", Reason.MALFORMED_COMMAND.value,
-                            f"user_id must be printable text of 1 to {self.cfg.id_max} characters", 0)
+                            f"user_id must be printable text of 1 to {self.cfg.id_max} characters, not starting "
+                            f"with {SYSTEM_PREFIX}", 0)
             self._emit(step, partition, Outcome(result))
             return
         if self.owner(cmd.user_id) != partition:
@@ -354,6 +368,7 @@ class BatchProcessor:
                 # a full hour struck: its interest is charged into the index, and debts grew with it
                 market = market.copy()
                 market.advance(source.ts_ms)
+                self._strike(step, partition, source.ts_ms, market)
                 step.markets[partition] = market
                 step.markets_changed.add(partition)
                 self._revalue(step, source, cmd, load, scan)
@@ -378,9 +393,19 @@ class BatchProcessor:
         except Rejected as refused:
             self._dead_letter(step, source, value, f"{refused.reason.value}: {cmd.kind}: {refused.detail}")
             return
+        if market.charged_hour > step.markets[partition].charged_hour != NO_HOUR:
+            self._strike(step, partition, source.ts_ms, market)  # the price or rate came first in a new hour
         step.markets[partition] = market
         step.markets_changed.add(partition)
         self._revalue(step, source, cmd, load, scan)
+
+    @staticmethod
+    def _strike(step: Step, partition: int, now_ms: int, market: Market) -> None:
+        """Full hours were charged into the index: the partition's interest of them recognized as income
+        (processors.accrual), from its aggregates as the step found them (a re-applied step books the same)."""
+        lines = step.accruals[partition].hour(partition, market.charged_hour, now_ms, market.index)
+        if lines:
+            step.lines.setdefault(partition, []).extend(lines)
 
     def _revalue(self, step: Step, source: Source, cmd: Command, load: Loader, scan: Scan) -> None:
         """A price or a rate moved: the partition's watched users whose band it changes get a system touch
@@ -431,15 +456,41 @@ class BatchProcessor:
         if market is not None:
             return market
         raw = recall(partition, market_key(partition))
+        found = None
         if raw is None:
             market = Market()
         else:
             stored = json.loads(raw)
             topic, first, _ = step.runs[partition][0]
-            market = Market.from_doc(stored["prior"] if stored["step"] == [topic, first] else stored["now"])
+            again = stored["step"] == [topic, first]
+            market = Market.from_doc(stored["prior"] if again else stored["now"])
+            # records from before the accrual (state version 11) have none: the aggregates start empty
+            found = stored.get("accrual_prior" if again else "accrual_now")
+            if again and "accrual_now" in stored:
+                step.accrual_ends[partition] = stored["accrual_now"]
         step.markets[partition] = market
         step.market_priors[partition] = market.to_doc()
+        step.accruals[partition] = Accrual.from_doc(found)
+        step.accrual_priors[partition] = step.accruals[partition].to_doc()
         return market
+
+    def _settle_accruals(self, step: Step) -> None:
+        """The end of the step: each partition's aggregates with the loans its users now have, and the interest
+        they attributed; stored with the market when they changed. A re-applied step takes the end its first
+        attempt stored: its inputs already in stored states are skipped, so their changes would be missed."""
+        for partition, base in step.accruals.items():
+            if partition in step.accrual_ends:
+                end = step.accrual_ends[partition]
+            else:
+                final = base.copy()
+                for user, (p, state) in step.states.items():
+                    if p == partition:
+                        gone = user in step.dropped and not state.opened and not state.parked
+                        final.add(step.loaded_sums.get(user, {}), accrual.sums(None if gone else state))
+                final.attributed([ln for ln in step.lines.get(partition, ()) if ln.entry_type != INTEREST_HOURLY])
+                end = step.accrual_ends[partition] = final.to_doc()
+            if end != step.accrual_priors[partition]:
+                step.markets_changed.add(partition)
 
     def _tick(self, step: Step, source: Source, cmd: Command, load: Loader, recall: Recall, scan: Scan) -> None:
         """A clock tick: delete the partition's memory records that expired by engine time (less the grace),
@@ -526,6 +577,7 @@ class BatchProcessor:
         assert user not in step.states
         state = load(user, partition)
         step.floors[user] = dict(state.through) if state is not None else {}
+        step.loaded_sums[user] = accrual.sums(state)
         if state is not None and monitor.watched(state):
             step.watch.setdefault(user, True)  # stored watched: its key is on the partition's list
         return state

@@ -36,9 +36,11 @@ REPAY: Final = "REPAY"
 # account holds of them, orders' amounts frozen, a shortfall paid), and each fill of its orders.
 LIQUIDATION: Final = "LIQUIDATION"
 LIQUIDATION_FILL: Final = "LIQUIDATION_FILL"
+# A partition's interest of a full hour recognized as income (processors.accrual).
+INTEREST_HOURLY: Final = "INTEREST_HOURLY"
 ENTRY_TYPES: Final = frozenset((DEPOSIT, DEPOSIT_REVERSAL, TRANSFER, ORDER_HOLD, ORDER_RELEASE, FILL,
                                 WITHDRAWAL_FREEZE, WITHDRAWAL, WITHDRAWAL_RETURN, BORROW, REPAY, LIQUIDATION,
-                                LIQUIDATION_FILL))
+                                LIQUIDATION_FILL, INTEREST_HOURLY))
 
 # System accounts: the exchange's own side of an entry. Their lines have user_id SYSTEM_USER, bucket
 # "balance", and an account named SYSTEM_PREFIX + name; their balances live in the ledger only.
@@ -48,15 +50,18 @@ CLEARING: Final = "sys:clearing"  # both sides of every fill: nets to zero per a
 FEE_REVENUE: Final = "sys:fee_revenue"  # trading and withdrawal fees
 CUSTODY_PREFIX: Final = "sys:custody:"  # + chain: what the exchange holds on that chain, negated
 # Margin loans (processors.loans). A loan moves the pool's funds to the user (LENDING_POOL) and books the
-# user's debt against the exchange's claim on it (LOANS_RECEIVABLE); interest charged to a user's loan is
-# income when it is booked (INTEREST_INCOME), and the user's liability until paid (bucket "interest").
+# user's debt against the exchange's claim on it (LOANS_RECEIVABLE). Interest is income hour by hour, per
+# partition and asset (INTEREST_HOURLY entries: INTEREST_ACCRUED to INTEREST_INCOME, processors.accrual); a
+# loan's share of it is attributed to the loan when the loan is touched (INTEREST_ACCRUED to the user's bucket
+# "interest", the user's liability until paid). INTEREST_ACCRUED holds what accrued and is not attributed yet.
 LENDING_POOL: Final = "sys:lending_pool"
 LOANS_RECEIVABLE: Final = "sys:loans_receivable"
 INTEREST_INCOME: Final = "sys:interest_income"
+INTEREST_ACCRUED: Final = "sys:interest_accrued"
 # Liquidations' clearance fees come in; a liquidated account's debts its assets could not pay go out.
 INSURANCE_FUND: Final = "sys:insurance_fund"
 _SYSTEM_ACCOUNTS: Final = frozenset((CLEARING, FEE_REVENUE, LENDING_POOL, LOANS_RECEIVABLE, INTEREST_INCOME,
-                                     INSURANCE_FUND))
+                                     INTEREST_ACCRUED, INSURANCE_FUND))
 
 
 def custody(chain: str) -> str:

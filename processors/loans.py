@@ -20,7 +20,7 @@ from __future__ import annotations
 from processors import checks
 from processors.applied import Applied
 from processors.context import Context
-from processors.ledger import BORROW, INTEREST_INCOME, LENDING_POOL, LOANS_RECEIVABLE, REPAY, Entry, entry_id
+from processors.ledger import BORROW, INTEREST_ACCRUED, LENDING_POOL, LOANS_RECEIVABLE, REPAY, Entry, entry_id
 from processors.margin import PRICE_ONE, MarginTier, at_or_below, level_text, value_down, value_up
 from processors.market import Market
 from processors.messages import Borrow, Command, Repay
@@ -60,7 +60,7 @@ def borrow(state: UserState, cmd: Command, ctx: Context) -> Applied:
     entry.system(LOANS_RECEIVABLE, asset, amount)
     if first_hour:
         entry.interest(account, asset, -first_hour)
-        entry.system(INTEREST_INCOME, asset, first_hour)
+        entry.system(INTEREST_ACCRUED, asset, first_hour)
     assert loan.index >= index and state.balances[(account, asset)][BORROWED] > 0
     return entry.applied(detail=f"margin level {level_text(assets, liabilities)}; first hour {first_hour}")
 
@@ -219,7 +219,7 @@ def _booked(entry: Entry, state: UserState, account: str, asset: str, index: int
     accrued = _since(loan, state.balances[(account, asset)][BORROWED], index)
     if accrued:
         entry.interest(account, asset, -accrued)
-        entry.system(INTEREST_INCOME, asset, accrued)
+        entry.system(INTEREST_ACCRUED, asset, accrued)
     loan.index = max(loan.index, index)
     return loan
 

@@ -15,12 +15,15 @@ recover, stored after the step's outputs were acknowledged. Run it while the eng
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from processors import accrual
+from processors.batch import market_key
 from processors.config import EngineConfig, default_config
 from processors.ledger import CLEARING
 from processors.state import UserState
@@ -80,17 +83,38 @@ def engine_state(states: Iterable[UserState], cfg: EngineConfig) -> EngineState:
     return EngineState(balances, seqs)
 
 
+MARKET_PREFIX = market_key(0)[:-1]  # b"\x00k/": a partition's market record, the partition's number after it
+
+
 def read_engine_state(settings: Settings, cfg: EngineConfig | None = None) -> EngineState:
     """The latest stored state of every user, from the users table's changelog topic."""
     from streams.client import read_topic
 
     topic = f"{settings.app_id}-users-changelog"
     latest: dict[bytes, bytes | None] = {}
+    markets: dict[bytes, bytes | None] = {}
     for _p, _o, key, value in read_topic(settings, topic):
-        if key is not None and not key.startswith(b"\x00"):  # NUL-prefixed keys are the worker's own
+        if key is None:
+            continue
+        if key.startswith(MARKET_PREFIX):  # a partition's market, with its interest aggregates
+            markets[key] = value or None
+        elif not key.startswith(b"\x00"):  # NUL-prefixed keys are the worker's own
             latest[key] = value or None
     states = [UserState.from_bytes(v) for v in latest.values() if v is not None]
-    return engine_state(states, cfg or default_config())
+    engine = engine_state(states, cfg or default_config())
+    engine.seqs.update(accrual_seqs(markets))
+    return engine
+
+
+def accrual_seqs(markets: dict[bytes, bytes | None]) -> dict[str, int]:
+    """owner -> lines written, of each partition's hourly interest entries (processors.accrual: a ledger owner
+    of their own), from the partitions' stored market records (key -> value, None: deleted)."""
+    seqs = {}
+    for market, record in markets.items():
+        stored = json.loads(record) if record is not None else {}
+        if stored.get("accrual_now"):
+            seqs[accrual.owner(int(market[len(MARKET_PREFIX):]))] = int(stored["accrual_now"]["seq"])
+    return seqs
 
 
 def sink_lag(settings: Settings) -> dict[int, int]:

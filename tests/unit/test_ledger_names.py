@@ -67,7 +67,7 @@ def test_no_module_spells_out_a_ledger_name() -> None:
 
 def test_sql_may_name_every_entry_type_and_system_account() -> None:
     accounts = {ledger.CLEARING, ledger.FEE_REVENUE, ledger.LENDING_POOL, ledger.LOANS_RECEIVABLE,
-                ledger.INTEREST_INCOME, ledger.INSURANCE_FUND}
+                ledger.INTEREST_INCOME, ledger.INTEREST_ACCRUED, ledger.INSURANCE_FUND}
     assert set(LEDGER_NAMES.values()) == {*ledger.ENTRY_TYPES, ledger.SYSTEM_USER, ledger.SYSTEM_PREFIX,
                                           ledger.CUSTODY_PREFIX, *accounts}
     assert all(a.startswith(ledger.SYSTEM_PREFIX) for a in (*accounts, ledger.custody("x")))

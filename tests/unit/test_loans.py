@@ -10,7 +10,7 @@ from processors.config import default_config
 from processors.context import Context
 from processors.engine import apply
 from processors.inputs import command
-from processors.ledger import INTEREST_INCOME, LENDING_POOL, LOANS_RECEIVABLE
+from processors.ledger import INTEREST_ACCRUED, LENDING_POOL, LOANS_RECEIVABLE
 from processors.margin import parse_price
 from processors.market import Market
 from processors.messages import Borrow, Command, DepositConfirmed, LedgerLine, Repay, Transfer
@@ -84,7 +84,7 @@ def test_a_loan_at_3x_stops_at_a_margin_level_of_1_5_with_its_first_hour() -> No
     posted = {(ln.account, ln.bucket): ln.amount for ln in lines}
     assert posted == {("margin", "available"): 1_990 * USDT, (LENDING_POOL, "balance"): -1_990 * USDT,
                       ("margin", "borrowed"): -1_990 * USDT, (LOANS_RECEIVABLE, "balance"): 1_990 * USDT,
-                      ("margin", "interest"): -4_544, (INTEREST_INCOME, "balance"): 4_544}
+                      ("margin", "interest"): -4_544, (INTEREST_ACCRUED, "balance"): 4_544}
 
 
 def test_transfers_out_of_an_indebted_margin_account_stay_above_2() -> None:
@@ -122,7 +122,7 @@ def test_a_loan_repaid_within_its_hour_pays_that_hour_only() -> None:
     state, reason, lines = run(state, repay("r", "5000"), T0 + 30 * 60_000)
     assert reason == "ACCEPTED" and not state.loans
     assert state.balances[("margin", "USDT")] == [1_000 * USDT - 4_544, 0, 0]
-    assert sum(ln.amount for ln in lines if ln.account == INTEREST_INCOME) == 0, "no hour booked on repayment"
+    assert sum(ln.amount for ln in lines if ln.account == INTEREST_ACCRUED) == 0, "no hour booked on repayment"
     _, reason, _ = run(state, repay("r-again", "1"))
     assert reason == "NOTHING_TO_REPAY"
 

@@ -331,7 +331,10 @@ def test_reconcile_covers_margin_loans_and_their_interest(chdb_store: ChdbStore)
 def test_margin_views_and_events_land(chdb_store: ChdbStore) -> None:
     """The loans view sums margin principal and unpaid interest from the ledger; interest income per day is
     what was booked; margin events land once however often their batch is inserted."""
+    from processors.accrual import Accrual, sums
+    from processors.ledger import INTEREST_ACCRUED, INTEREST_INCOME
     from processors.messages import MarginEvent
+    from processors.rates import hour_of
     from processors.wire import margin_event_to_avro
     from tests.unit.test_loans import T0, at, borrow, market, to
 
@@ -348,13 +351,21 @@ def test_margin_views_and_events_land(chdb_store: ChdbStore) -> None:
         assert out.result.status == "ACCEPTED", out.result
         states["u"] = state
         lines.extend(out.lines)
-    _land(chdb_store, lines)
     first_hour = states["u"].loans[("margin", "USDT")].interest  # 1,500 x the hourly rate, up: 0.003425
     assert first_hour == 3_425
+    # The partition recognizes income at the next full hour (processors.accrual): the first hour, attributed
+    # as the loan was made, and the hour the tick charges into the index, not attributed yet: 2 x 0.003425.
+    accrual = Accrual()
+    accrual.add({}, sums(states["u"]))
+    accrual.attributed(lines)
+    rate = market().rates["USDT"]
+    hourly = accrual.hour(0, hour_of(T0) + 1, T0 + 40 * 60_000, {"USDT": rate})
+    assert [(ln.account, ln.amount) for ln in hourly] == [(INTEREST_ACCRUED, -6_850), (INTEREST_INCOME, 6_850)]
+    _land(chdb_store, lines + hourly)
     assert chdb_store.query("SELECT asset, principal, interest_booked_unpaid, borrowers FROM loans").rows == [
         ("USDT", Decimal(1500), Decimal("0.003425"), 1)]
     assert chdb_store.query("SELECT asset, interest, bookings FROM interest_income_daily").rows == [
-        ("USDT", Decimal("0.003425"), 1)]
+        ("USDT", Decimal("0.00685"), 1)]
     event = MarginEvent("u/margin/user/b/MarginLevel/no-transfer-out", T0, "u", "margin", "MarginLevel",
                         "no-transfer-out", "healthy", "1.6666", "cross-3x")
     body = CODEC.encode("MarginEvent", margin_event_to_avro(event, default_config()))[HEADER_LEN:]
