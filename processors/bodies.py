@@ -124,6 +124,14 @@ class LiquidationFill(TypedDict):
     receive_amount: str
 
 
+class LiquidationOrderClosed(TypedDict):
+    """The matching engine closed a liquidation order with `remaining` unfilled (processors.liquidation): what was
+    not sold is unfrozen, and the liquidation goes on with its next part after the cooldown."""
+
+    order_id: str
+    reason: str
+
+
 class MarkPrice(TypedDict):
     """A mark price for one partition's users (processors.market): units of the valuation asset per whole unit
     of `asset`, priced at broker time `priced_ms` on the prices topic."""

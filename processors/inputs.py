@@ -30,6 +30,7 @@ from processors.messages import (
     FillSettle,
     Liquidate,
     LiquidationFill,
+    LiquidationOrderClosed,
     MarkPrice,
     OpenAccount,
     OrderHold,
@@ -112,6 +113,8 @@ KINDS: Final[dict[str, Kind]] = {k.name: k for k in (
     Kind(Liquidate, SYSTEM, liquidation.start),
     # The matching engine reports what a liquidation order sold, on its own (the user commands') topic.
     Kind(LiquidationFill, USER, liquidation.fill),
+    # ... and that it closed one with a part unfilled.
+    Kind(LiquidationOrderClosed, USER, liquidation.closed),
 )}
 CHAIN_KINDS: Final = frozenset(k.name for k in KINDS.values() if k.source == CHAIN)
 _BY_BODY: Final[dict[object, Kind]] = {k.body: k for k in KINDS.values()}

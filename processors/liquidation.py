@@ -20,7 +20,8 @@
    and takes its proceeds from clearing: first the account's debt in that asset (interest, then principal),
    then the clearance fee (`liquidation_fee` of the proceeds, rounded up, at most what is left) to the
    insurance fund, the rest to the account. A fill id settles once per order; an order takes at most
-   `liquidation_fills_max` fills.
+   `liquidation_fills_max` fills. A `LiquidationOrderClosed` (`closed`) says the matching engine closed an order
+   with a part unfilled (no liquidity within its limit): that part is unfrozen, and counts as filled for step 5.
 5. **After a part**, once its last order is filled: no debt left, the liquidation is complete. Debt left and
    nothing left to sell: the insurance fund pays it (a shortfall: ledger lines from sys:insurance_fund, never
    a negative balance) and the liquidation is complete, unless a withdrawal from the account is with the signer
@@ -54,7 +55,16 @@ from processors.margin import (
     value_up,
 )
 from processors.margin import LIQUIDATION as LIQUIDATION_BAND
-from processors.messages import Command, Event, LedgerLine, Liquidate, LiquidationFill, LiquidationOrder, MarginEvent
+from processors.messages import (
+    Command,
+    Event,
+    LedgerLine,
+    Liquidate,
+    LiquidationFill,
+    LiquidationOrder,
+    LiquidationOrderClosed,
+    MarginEvent,
+)
 from processors.money import Rejected
 from processors.reasons import Reason
 from processors.state import AVAILABLE, BORROWED, Liquidation, SellOrder, UserState
@@ -103,20 +113,20 @@ def start(state: UserState, cmd: Command, ctx: Context) -> Applied:
     return entry.applied(detail=detail)
 
 
+def _open_order(state: UserState, order_id: str) -> tuple[str, Liquidation, SellOrder]:
+    for account, liquidation in state.liquidations.items():
+        order = liquidation.orders.get(order_id)
+        if order is not None:
+            return account, liquidation, order
+    raise Rejected(Reason.UNKNOWN_LIQUIDATION_ORDER, f"no open liquidation order {order_id}: filled, closed, or "
+                                                     "never placed")
+
+
 def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
     cfg = ctx.cfg
     body: LiquidationFill = cmd.body  # type: ignore[assignment]
     order_id = checks.order_key(cfg, "order_id", body["order_id"])
-    found: tuple[str, Liquidation, SellOrder] | None = None
-    for account, liquidation in state.liquidations.items():
-        order = liquidation.orders.get(order_id)
-        if order is not None:
-            found = (account, liquidation, order)
-            break
-    if found is None:
-        raise Rejected(Reason.UNKNOWN_LIQUIDATION_ORDER, f"no open liquidation order {order_id}: filled, or never "
-                                                         "placed")
-    account, liquidation, order = found
+    account, liquidation, order = _open_order(state, order_id)
     fill_id = checks.order_key(cfg, "fill_id", body["fill_id"])
     if fill_id in order.fills:
         raise Rejected(Reason.FILL_SETTLED, f"fill {fill_id} was already settled on order {order_id}")
@@ -155,6 +165,23 @@ def fill(state: UserState, cmd: Command, ctx: Context) -> Applied:
     assert len(order.fills) < cfg.liquidation_fills_max
     return entry.applied(detail=f"paid {pay_interest} interest and {pay_principal} principal; fee {fee}; "
                                 f"{left} to the account")
+
+
+def closed(state: UserState, cmd: Command, ctx: Context) -> Applied:
+    """The matching engine closed a liquidation order with part of it unfilled: the rest is unfrozen, and when it
+    was the part's last order, the part is done (processors.liquidation step 5: the next part, sized again at
+    the prices then, after the cooldown)."""
+    body: LiquidationOrderClosed = cmd.body  # type: ignore[assignment]
+    order_id = checks.order_key(ctx.cfg, "order_id", body["order_id"])
+    reason = checks.ident(ctx.cfg, "reason", body["reason"])
+    account, liquidation, order = _open_order(state, order_id)
+    entry = Entry(state, entry_id(cmd), LIQUIDATION, ctx.now_ms)
+    entry.user(account, order.sell, "frozen", -order.remaining)
+    entry.user(account, order.sell, "available", order.remaining)
+    del liquidation.orders[order_id]
+    if not liquidation.orders:
+        entry.events = _part_done(entry, state, ctx, account, liquidation)
+    return entry.applied(detail=f"{order.remaining} of {order.sell} not sold ({reason}): back to the account")
 
 
 def due(state: UserState, now_ms: int) -> bool:

@@ -47,6 +47,7 @@ DepositSeen = bodies.DepositSeen
 FillSettle = bodies.FillSettle
 Liquidate = bodies.Liquidate
 LiquidationFill = bodies.LiquidationFill
+LiquidationOrderClosed = bodies.LiquidationOrderClosed
 MarkPrice = bodies.MarkPrice
 OpenAccount = bodies.OpenAccount
 OrderHold = bodies.OrderHold

@@ -27,6 +27,7 @@ from processors.messages import (
     LedgerLine,
     LiquidationFill,
     LiquidationOrder,
+    LiquidationOrderClosed,
     MarginEvent,
     OrderHold,
     Outcome,
@@ -452,3 +453,33 @@ def test_an_approval_during_a_liquidation_is_refused() -> None:
     crash_to_state.liquidations["margin"] = Liquidation("liq/margin/1", 1, T0 + 10**9)
     assert desk.send(command(WithdrawalApprove, "ok", "u", withdrawal_id="w1", approver="ops-1"),
                      "10000") == "ACCOUNT_LIQUIDATING"
+
+
+def test_an_order_the_book_cannot_fill_is_closed_and_the_next_part_sells_the_rest() -> None:
+    desk = long_btc()
+    order = crash_to(desk, "43000")
+    half = order.sell_amount // 2  # 2,475,936 sat of 4,951,872
+    assert desk.fill(order, half * 43_000 * USDT // SAT, "43000", pay=half) == "ACCEPTED"
+    closed = command(LiquidationOrderClosed, f"closed/{order.id}", "u", order_id=order.id,
+                     reason="no liquidity within the order's limit")
+    assert desk.send(closed, "43000") == "ACCEPTED"
+    # what was not sold is the account's again, not frozen; the part is done, with debt left: the next after the
+    # cooldown
+    rest = order.sell_amount - half
+    assert desk.state.balances[("margin", "BTC")] == [BTC_HELD - half, 0, 0]
+    liquidation = desk.state.liquidations["margin"]
+    assert not liquidation.orders and liquidation.due_ms == T0 + CFG.liquidation_cooldown_ms
+    assert desk.send(closed, "43000") == "ACCEPTED", "a resend of the same report answers as the first"
+    assert desk.send(closed._replace(id="closed-again"), "43000") == "UNKNOWN_LIQUIDATION_ORDER"
+    # the next part: 1,990.004544 - 1,064.652480 = 925.352064 USDT owed, x 1.07 = 990.126709 at 43,000
+    desk.price("43000", T0 + CFG.liquidation_cooldown_ms)
+    part2 = desk.orders()[-1]
+    left = DEBT - half * 43_000 * USDT // SAT
+    assert left == 925_352_064
+    budget = -(-left * 107 // 100)
+    assert budget == 990_126_709
+    assert part2.part == 2 and part2.sell_amount == -(-budget * SAT // (43_000 * USDT)) == 2_302_621
+    assert part2.sell_amount < rest + 31_461
+    assert desk.fill(part2, part2.sell_amount * 43_000 * USDT // SAT, "43000",
+                     T0 + CFG.liquidation_cooldown_ms) == "ACCEPTED"
+    assert [e.shortfall_value for e in desk.margin_events("LiquidationCompleted")] == [0]
